@@ -1,0 +1,3 @@
+DROP TABLE object_alerts;
+DROP TABLE alerts;
+DROP TABLE objects;

@@ -1,0 +1,211 @@
+"""The command line: `inbox serve`, `inbox migrate`, `inbox tail` (also `python -m service`).
+
+Start-up problems (a malformed setting, an unreachable server, a wrong password) end the
+command with one line naming the setting to fix and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from types import FrameType
+
+import psycopg
+
+from . import __version__, embedded, migrate
+from .config import Config, ConfigError
+
+log = logging.getLogger("inbox")
+
+
+class StartupError(Exception):
+    """The service cannot start; the message says what to fix."""
+
+
+def _exit_on_sigterm() -> None:
+    # SIGTERM becomes a normal exit so that `finally` blocks run (the embedded server stops).
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _setting_name(config: Config) -> str:
+    return "DATABASE_URL" if config.source.get("DATABASE_URL") else "DB_SERVER/DB_PORT/DB_NAME/DB_USERNAME/DB_PASSWORD"
+
+
+def check_database(url: str, setting: str, timeout: float) -> None:
+    """Connect once, so that a wrong URL fails here with a clear line, not deep in a stack."""
+    try:
+        with psycopg.connect(url, connect_timeout=max(1, int(timeout))) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())
+        raise StartupError(f"{setting}: cannot connect to the database: {reason}") from None
+
+
+@contextlib.contextmanager
+def database(config: Config) -> Iterator[str]:
+    """The URL to use: the configured server, or the embedded one (started here, stopped after)."""
+    if not config.embedded:
+        assert config.database_url is not None
+        check_database(config.database_url, _setting_name(config), config.db_timeout)
+        yield config.database_url
+        return
+    try:
+        server = embedded.start(config.embedded_data_dir)
+    except Exception as exc:
+        raise StartupError(
+            f"EMBEDDED_DATA_DIR={config.embedded_data_dir}: the embedded PostgreSQL did not start: "
+            f"{exc} (see {config.embedded_data_dir}/log)"
+        ) from None
+    log.info("embedded PostgreSQL running in %s", server.data_dir)
+    log.info("inspect it with: %s", server.psql_command())
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        log.info("embedded PostgreSQL stopped")
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
+    with database(config) as url:
+        if args.rollback:
+            done = migrate.rollback(url, args.rollback)
+            print(f"rolled back: {', '.join(done) or 'nothing'}")
+        else:
+            done = migrate.apply(url)
+            print(f"applied: {', '.join(done)}" if done else "database is up to date")
+    return 0
+
+
+def _serve_one(config: Config, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from .app import create_app
+
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        reuse_port=reuse_port,
+        access_log=None,
+        print=lambda line: log.info("%s", line.strip()),
+    )
+
+
+def _worker(config: Config) -> None:
+    setup_logging()
+    _serve_one(config, reuse_port=True)
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    workers = args.workers or config.workers
+    if args.port is not None or args.host is not None:
+        from dataclasses import replace
+
+        config = replace(
+            config,
+            port=config.port if args.port is None else args.port,
+            host=config.host if args.host is None else args.host,
+        )
+    with database(config) as url:
+        if args.migrate or config.embedded:
+            applied = migrate.apply(url)
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
+        config = config.with_database(url)
+        if workers == 1:
+            _serve_one(config, reuse_port=False)
+            return 0
+        context = multiprocessing.get_context("spawn")
+        processes = [
+            context.Process(target=_worker, args=(config,), name=f"inbox-worker-{i}")
+            for i in range(workers)
+        ]
+        for process in processes:
+            process.start()
+        log.info("serving with %d worker processes on http://%s:%d", workers, config.host, config.port)
+        try:
+            for process in processes:
+                process.join()
+        finally:
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+            for process in processes:
+                process.join(timeout=10)
+    return 0
+
+
+def cmd_tail(config: Config, args: argparse.Namespace) -> int:
+    from .tail import tail
+
+    url = args.url or f"http://{config.host}:{config.port}"
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(tail(url, args.object_id, after=args.after))
+    return 0
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("yoyo").setLevel(logging.WARNING)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="inbox",
+        description="Real-time alert inbox on PostgreSQL. Settings come from the environment "
+        "and .env (see .env.example).",
+    )
+    top.add_argument("--version", action="version", version=f"inbox {__version__}")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP + WebSocket service")
+    serve.add_argument("--host", help="address to bind (default: HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default: PORT or 8000)")
+    serve.add_argument("--workers", type=int, help="processes sharing the port (default: WORKERS or 1)")
+    serve.add_argument(
+        "--migrate", action="store_true",
+        help="apply pending migrations first (always done for the embedded database)",
+    )
+    serve.set_defaults(run=cmd_serve)
+
+    mig = sub.add_parser("migrate", help="apply pending migrations (harmless when up to date)")
+    mig.add_argument(
+        "--rollback", type=int, metavar="N", help="roll back the newest N migrations instead"
+    )
+    mig.set_defaults(run=cmd_migrate)
+
+    tail = sub.add_parser("tail", help="print an inbox's alerts as they arrive")
+    tail.add_argument("object_id", type=int)
+    tail.add_argument("--after", type=int, default=0, help="start after this alert id")
+    tail.add_argument("--url", help="service URL (default: http://HOST:PORT)")
+    tail.set_defaults(run=cmd_tail)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging()
+    _exit_on_sigterm()
+    try:
+        config = Config.from_env()
+        return int(args.run(config, args))
+    except (ConfigError, StartupError) as exc:
+        print(f"inbox: {exc}", file=sys.stderr)
+        return 2

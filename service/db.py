@@ -1,0 +1,155 @@
+"""The database layer: the connection pool, the SQL in `sql/`, and one typed call per query.
+
+Handlers pass plain, validated values in; rows come back as dicts. Every call runs inside a
+transaction on a pooled connection. A lost or unreachable server surfaces as
+`DatabaseUnavailable` (503), never as a driver exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import asyncpg
+
+from .errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+# What a dropped, restarting or unreachable server looks like from asyncpg.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,  # includes ConnectionDoesNotExistError
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: admin shutdown, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections
+)
+
+SERVER_SETTINGS = {"timezone": "UTC", "application_name": "inbox"}
+
+
+def load_queries(directory: Path = SQL_DIR) -> SimpleNamespace:
+    """Every `name.sql` in `directory` as attribute `name`."""
+    return SimpleNamespace(
+        **{path.stem: path.read_text() for path in sorted(directory.glob("*.sql"))}
+    )
+
+
+Q = load_queries()
+
+Row = dict[str, Any]
+
+
+@asynccontextmanager
+async def unavailable_as_503() -> AsyncIterator[None]:
+    """Turn connection failures into the one domain error the middleware maps to 503."""
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+        raise DatabaseUnavailable("the database is unreachable; retry shortly") from exc
+
+
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, timeout: float
+) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=timeout,
+        command_timeout=timeout,
+        server_settings=SERVER_SETTINGS,
+    )
+
+
+class Database:
+    """The queries of the service over one pool."""
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout: float) -> None:
+        self.pool = pool
+        self.timeout = timeout
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with (
+            unavailable_as_503(),
+            self.pool.acquire(timeout=self.timeout) as conn,
+            conn.transaction(),
+        ):
+            yield conn
+
+    async def ping(self) -> None:
+        async with self.transaction() as conn:
+            await conn.fetchval("SELECT 1")
+
+    # -- objects --------------------------------------------------------------------------
+
+    async def insert_object(self, email: str, phone_number: str) -> Row:
+        async with self.transaction() as conn:
+            row = await conn.fetchrow(Q.insert_object, email, phone_number)
+        return dict(row)
+
+    async def get_object(self, object_id: int) -> Row | None:
+        async with self.transaction() as conn:
+            row = await conn.fetchrow(Q.get_object, object_id)
+        return dict(row) if row else None
+
+    async def object_exists(self, object_id: int) -> bool:
+        async with self.transaction() as conn:
+            return bool(await conn.fetchval(Q.object_exists, object_id))
+
+    # -- alerts ---------------------------------------------------------------------------
+
+    async def insert_alert(self, text: str, object_ids: Sequence[int] | None) -> Row:
+        """Store an alert for the existing ids among `object_ids`, or for everyone if None."""
+        async with self.transaction() as conn:
+            if object_ids is None:
+                row = await conn.fetchrow(Q.insert_alert_to_all, text)
+            else:
+                row = await conn.fetchrow(Q.insert_alert_to_ids, text, object_ids)
+        return dict(row)
+
+    async def get_alert(self, alert_id: int) -> Row | None:
+        async with self.transaction() as conn:
+            row = await conn.fetchrow(Q.get_alert, alert_id)
+        return dict(row) if row else None
+
+    # -- the real-time path ---------------------------------------------------------------
+
+    async def inbox_page(self, object_id: int, after: int, limit: int) -> list[tuple[int, str]]:
+        """Frames of `object_id`'s alerts with id > `after`, oldest first."""
+        async with self.transaction() as conn:
+            rows = await conn.fetch(Q.inbox_page, object_id, after, limit)
+        return [(row["id"], row["frame"]) for row in rows]
+
+    async def alert_frames(self, alert_ids: Sequence[int]) -> dict[int, str]:
+        async with self.transaction() as conn:
+            rows = await conn.fetch(Q.alert_frames, alert_ids)
+        return {row["id"]: row["frame"] for row in rows}
+
+    async def connected_recipients(self, alert_id: int, object_ids: Sequence[int]) -> list[int]:
+        async with self.transaction() as conn:
+            rows = await conn.fetch(Q.connected_recipients, alert_id, object_ids)
+        return [row["object_id"] for row in rows]
+
+    async def catch_up(
+        self, after: int, object_ids: Sequence[int]
+    ) -> tuple[int, list[tuple[int, str, list[int]]]]:
+        """The newest alert id, and every alert after `after` for `object_ids`, in one snapshot."""
+        async with (
+            unavailable_as_503(),
+            self.pool.acquire(timeout=self.timeout) as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            last = await conn.fetchval(Q.last_alert_id)
+            rows = await conn.fetch(Q.catch_up, after, object_ids) if object_ids else []
+        return last, [(row["id"], row["frame"], row["object_ids"]) for row in rows]

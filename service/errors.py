@@ -1,0 +1,55 @@
+"""Domain errors, raised below the handlers and turned into JSON error bodies by one middleware.
+
+Every error body has one shape: {"error": <code>, "message": <text>} plus "fields" for
+validation failures. `code` is stable and documented; `message` is for humans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+
+class ServiceError(Exception):
+    """An error with an HTTP status and a stable machine-readable code."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict[str, object]:
+        return {"error": self.code, "message": self.message}
+
+
+class MalformedRequest(ServiceError):
+    status = 400
+    code = "malformed_request"
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ValidationFailed(ServiceError):
+    status = 422
+    code = "validation_failed"
+
+    def __init__(self, fields: Mapping[str, Sequence[str] | Mapping[str, object]]) -> None:
+        super().__init__("the request body did not pass validation")
+        self.fields = fields
+
+    def body(self) -> dict[str, object]:
+        return {**super().body(), "fields": self.fields}
+
+
+class NotFound(ServiceError):
+    status = 404
+    code = "not_found"
+
+
+class DatabaseUnavailable(ServiceError):
+    status = 503
+    code = "database_unavailable"

@@ -1,0 +1,200 @@
+"""HTTP and WebSocket handlers: parse -> validate (schemas) -> query (db) -> dump.
+
+The inbox socket is the one long-lived handler. It registers its session with the hub *before*
+reading the backlog, so an alert committing meanwhile is held back and de-duplicated rather
+than missed, and a sender task per socket writes its frames (see hub.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from . import schemas
+from .db import Database
+from .errors import DatabaseUnavailable, MalformedRequest, NotFound, UnsupportedMediaType
+from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Session
+from .keys import config_key, db_key, hub_key, listener_key, sockets_key
+
+log = logging.getLogger(__name__)
+
+BACKLOG_PAGE = 1000
+CLOSE_TIMEOUT = 2.0
+CLOSE_TRY_AGAIN = 1013  # the backlog could not be read: the database is unreachable
+CLOSE_INTERNAL_ERROR = 1011
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object, or 415/400 with the standard error body."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise MalformedRequest("the body must be a JSON object")
+    return body
+
+
+def path_id(request: web.Request, name: str) -> int:
+    """An id from the path; one that cannot exist is simply not found."""
+    raw = request.match_info[name]
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= schemas.MAX_ID:
+        raise NotFound(f"no {name.removesuffix('_id')} with id {raw!r}")
+    return int(raw)
+
+
+# -- objects ---------------------------------------------------------------------------------
+
+
+async def create_object(request: web.Request) -> web.Response:
+    data = schemas.load(schemas.ObjectCreate(request.app[config_key]), await read_json_object(request))
+    row = await request.app[db_key].insert_object(data["email"], data["phone_number"])
+    return json_response(schemas.dump_object(row))
+
+
+async def get_object(request: web.Request) -> web.Response:
+    object_id = path_id(request, "object_id")
+    row = await request.app[db_key].get_object(object_id)
+    if row is None:
+        raise NotFound(f"no object with id {object_id}")
+    return json_response(schemas.dump_object(row))
+
+
+# -- alerts ----------------------------------------------------------------------------------
+
+
+async def create_alert(request: web.Request) -> web.Response:
+    data = schemas.load(schemas.AlertCreate(request.app[config_key]), await read_json_object(request))
+    row = await request.app[db_key].insert_alert(data["text"], data["object_ids"])
+    return json_response(schemas.dump_alert(row))
+
+
+async def get_alert(request: web.Request) -> web.Response:
+    alert_id = path_id(request, "alert_id")
+    row = await request.app[db_key].get_alert(alert_id)
+    if row is None:
+        raise NotFound(f"no alert with id {alert_id}")
+    return json_response(schemas.dump_alert(row))
+
+
+# -- health ----------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    reasons = []
+    try:
+        await asyncio.wait_for(request.app[db_key].ping(), request.app[config_key].db_timeout)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", with its reason
+        reasons.append(f"database: {type(exc).__name__}")
+    if not request.app[listener_key].ready:
+        reasons.append("listener: LISTEN connection is down or catching up")
+    if reasons:
+        return json_response({"status": "unavailable", "reasons": reasons}, status=503)
+    return json_response({"status": "ready"})
+
+
+# -- the inbox -------------------------------------------------------------------------------
+
+
+def parse_after(request: web.Request) -> int:
+    raw = request.query.get("after", "0")
+    if not raw.isascii() or not raw.isdigit() or int(raw) > schemas.MAX_ID:
+        raise MalformedRequest("after must be the id of the last alert received (an integer >= 0)")
+    return int(raw)
+
+
+async def inbox(request: web.Request) -> web.WebSocketResponse:
+    object_id = path_id(request, "object_id")
+    after = parse_after(request)
+    db, hub, config = request.app[db_key], request.app[hub_key], request.app[config_key]
+    if not await db.object_exists(object_id):
+        raise NotFound(f"no object with id {object_id}")
+
+    ws = web.WebSocketResponse(heartbeat=config.ws_heartbeat, max_msg_size=4096)
+    await ws.prepare(request)
+    overflowed = asyncio.Event()
+    session = Session(object_id, after, config.ws_queue_size, lambda _s: overflowed.set())
+    sockets = request.app[sockets_key]
+    sockets.add(ws)
+    hub.add(session)  # before the backlog is read: see the module docstring
+    sender = asyncio.create_task(send_frames(ws, session, db))
+    watchdog = asyncio.create_task(overflowed.wait())
+    reader = asyncio.create_task(drain_client(ws))
+    try:
+        await asyncio.wait({sender, watchdog, reader}, return_when=asyncio.FIRST_COMPLETED)
+        if overflowed.is_set():
+            log.info("inbox %s: client too slow, closing with %s", object_id, CLOSE_TOO_SLOW)
+            sender.cancel()
+            await close(ws, request, CLOSE_TOO_SLOW, b"too slow: reconnect with ?after=<last id>")
+        elif sender.done() and not sender.cancelled() and not reader.done():
+            error = sender.exception()
+            if isinstance(error, DatabaseUnavailable):
+                await close(ws, request, CLOSE_TRY_AGAIN, b"database unavailable: reconnect")
+            elif error is not None and not isinstance(error, ConnectionError):
+                log.error("inbox %s: sending failed", object_id, exc_info=error)
+                await close(ws, request, CLOSE_INTERNAL_ERROR, b"internal error")
+    finally:
+        hub.discard(session)
+        sockets.discard(ws)
+        for task in (sender, watchdog, reader):
+            task.cancel()
+        await asyncio.gather(sender, watchdog, reader, return_exceptions=True)
+    return ws
+
+
+async def send_frames(ws: web.WebSocketResponse, session: Session, db: Database) -> None:
+    """Backlog first (in pages, oldest first), then live frames as the hub queues them."""
+    last = session.last_id
+    while True:
+        page = await db.inbox_page(session.object_id, last, BACKLOG_PAGE)
+        for alert_id, frame in page:
+            await ws.send_str(frame)
+            last = alert_id
+        if len(page) < BACKLOG_PAGE:
+            break
+    session.start_live(last)
+    while True:
+        _alert_id, frame = await session.queue.get()
+        await ws.send_str(frame)
+
+
+async def drain_client(ws: web.WebSocketResponse) -> None:
+    """Read and ignore what the client sends, so pongs and the close handshake are handled."""
+    async for msg in ws:
+        if msg.type == WSMsgType.ERROR:
+            break
+
+
+async def close(ws: web.WebSocketResponse, request: web.Request, code: int, message: bytes) -> None:
+    """Close with `code`; a peer that does not take the close frame in time is cut off."""
+    try:
+        await asyncio.wait_for(ws.close(code=code, message=message), CLOSE_TIMEOUT)
+    except (TimeoutError, ConnectionError):
+        if request.transport is not None:
+            request.transport.abort()
+
+
+async def close_all_inboxes(app: web.Application) -> None:
+    """on_shutdown: tell every open socket that the server is going away (1001)."""
+    closers = [
+        ws.close(code=CLOSE_GOING_AWAY, message=b"server shutdown") for ws in list(app[sockets_key])
+    ]
+    if closers:
+        await asyncio.wait(
+            [asyncio.ensure_future(c) for c in closers], timeout=CLOSE_TIMEOUT
+        )

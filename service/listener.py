@@ -1,0 +1,231 @@
+"""The process's one LISTEN connection: receive notifications, resolve them, hand them to the hub.
+
+Two tasks:
+- the supervisor keeps a dedicated connection (never a pooled one) LISTENing on `alerts`,
+  reconnecting with capped exponential backoff when it drops;
+- the dispatcher takes notifications off a queue in arrival order (= commit order = id order),
+  reads the frames of a batch in one query, and publishes them to the hub.
+
+No alert is lost across a lost connection: each (re)connect queues a catch-up *before* it
+issues LISTEN, and the dispatcher runs it only once LISTEN is active, with a fresh snapshot:
+everything committed after the last alert dispatched (`high_water`) is read from the tables;
+everything committing later arrives as a notification. Overlap is dropped by id (`high_water`
+here, each session's `last_id` in the hub). If the dispatcher itself fails (say the pool is
+down), it drops its queue and forces a reconnect, whose catch-up covers what was dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+
+import asyncpg
+import orjson
+
+from .db import CONNECTION_ERRORS, SERVER_SETTINGS, Database
+from .hub import Hub
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "alerts"
+BATCH = 256  # notifications resolved per query; below WS_QUEUE_SIZE so a burst fits a queue
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    alert_id: int
+    object_ids: list[int] | None  # None: too many to list in the payload, look them up
+
+
+class _CatchUp:
+    """Queue marker: read what was committed while this process was not listening."""
+
+
+_CATCH_UP = _CatchUp()
+
+
+class Listener:
+    def __init__(
+        self,
+        dsn: str,
+        db: Database,
+        hub: Hub,
+        *,
+        timeout: float = 5.0,
+        reconnect_max: float = 5.0,
+    ) -> None:
+        self.dsn = dsn
+        self.db = db
+        self.hub = hub
+        self.timeout = timeout
+        self.reconnect_max = reconnect_max
+        self.high_water: int | None = None  # last alert id dispatched (or known to be past)
+        self.reconnects = 0
+        self.dispatched = 0
+        self._queue: asyncio.Queue[Notification | _CatchUp] = asyncio.Queue()
+        self._listening = asyncio.Event()
+        self._caught_up = asyncio.Event()
+        self._conn: asyncpg.Connection | None = None
+        self._lost: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """LISTEN is active and what was missed while it was not has been delivered."""
+        return self._listening.is_set() and self._caught_up.is_set()
+
+    async def wait_ready(self, timeout: float) -> None:
+        async def both() -> None:
+            await self._listening.wait()
+            await self._caught_up.wait()
+
+        await asyncio.wait_for(both(), timeout)
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._supervise(), name="listener-supervisor"),
+            asyncio.create_task(self._dispatch_forever(), name="listener-dispatcher"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._close_connection()
+
+    # -- the connection ---------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._listen_once()
+                delay = 0.05  # it was up: come back quickly
+            except CONNECTION_ERRORS as exc:
+                log.warning("LISTEN connection failed: %s: %s", type(exc).__name__, exc)
+            finally:
+                self._listening.clear()
+                self._caught_up.clear()
+                await self._close_connection()
+            self.reconnects += 1
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self.reconnect_max)
+
+    async def _listen_once(self) -> None:
+        conn = await asyncpg.connect(
+            self.dsn, timeout=self.timeout, server_settings=SERVER_SETTINGS
+        )
+        self._conn = conn
+        lost = self._lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        # Queued before LISTEN: no notification received on this connection can overtake it.
+        self._queue.put_nowait(_CATCH_UP)
+        await conn.add_listener(CHANNEL, self._on_notification)
+        self._listening.set()
+        log.info("listening on channel %r", CHANNEL)
+        await lost.wait()
+        log.warning("LISTEN connection lost")
+
+    async def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await asyncio.wait_for(conn.close(), self.timeout)
+            if not conn.is_closed():
+                conn.terminate()
+
+    def _force_reconnect(self) -> None:
+        if self._lost is not None:
+            self._lost.set()
+
+    def _on_notification(
+        self, _conn: object, _pid: int, _channel: str, payload: str
+    ) -> None:
+        try:
+            data = orjson.loads(payload)
+            ids = data["object_ids"]
+            notification = Notification(
+                int(data["alert_id"]), None if ids is None else [int(i) for i in ids]
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring malformed notification %r: %s", payload[:200], exc)
+            return
+        self._queue.put_nowait(notification)
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            first = await self._queue.get()
+            try:
+                if isinstance(first, _CatchUp):
+                    await self._catch_up()
+                    continue
+                batch = [first]
+                while len(batch) < BATCH and not self._queue.empty():
+                    item = self._queue.get_nowait()
+                    if isinstance(item, _CatchUp):
+                        await self._dispatch(batch)
+                        batch = []
+                        await self._catch_up()
+                        break
+                    batch.append(item)
+                if batch:
+                    await self._dispatch(batch)
+            except CONNECTION_ERRORS + (asyncpg.PostgresError,) as exc:
+                # high_water did not move past what failed: the reconnect's catch-up re-reads it.
+                log.warning("dispatch failed (%s: %s); re-synchronising", type(exc).__name__, exc)
+                self._drain_queue()
+                self._force_reconnect()
+                await asyncio.sleep(0.05)
+
+    def _drain_queue(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    async def _catch_up(self) -> None:
+        await self._listening.wait()
+        since = self.high_water
+        if since is None:
+            # First start: nothing was dispatched yet and no socket can predate the listener.
+            since_objects: list[int] = []
+        else:
+            since_objects = self.hub.connected_objects()
+        last, rows = await self.db.catch_up(since or 0, since_objects)
+        for alert_id, frame, object_ids in rows:
+            self.hub.publish(alert_id, frame, object_ids)
+            self.dispatched += 1
+        if rows:
+            log.info("caught up %d alert(s) after id %s", len(rows), since)
+        self.high_water = max(last, since or 0)
+        self._caught_up.set()
+
+    async def _dispatch(self, batch: list[Notification]) -> None:
+        high_water = self.high_water or 0
+        targets: list[tuple[int, list[int]]] = []
+        for note in batch:
+            if note.alert_id <= high_water:
+                continue  # already delivered by a catch-up
+            if note.object_ids is None:
+                connected = self.hub.connected_objects()
+                recipients = (
+                    await self.db.connected_recipients(note.alert_id, connected) if connected else []
+                )
+            else:
+                recipients = [oid for oid in note.object_ids if self.hub.is_connected(oid)]
+            if recipients:
+                targets.append((note.alert_id, recipients))
+        frames = await self.db.alert_frames([alert_id for alert_id, _ in targets]) if targets else {}
+        for alert_id, recipients in targets:
+            frame = frames.get(alert_id)
+            if frame is not None:
+                self.hub.publish(alert_id, frame, recipients)
+                self.dispatched += 1
+        self.high_water = max(high_water, batch[-1].alert_id)

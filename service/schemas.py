@@ -1,0 +1,156 @@
+"""Request validation and normalisation at the edge (marshmallow), and response shapes.
+
+Loading a body either returns plain, normalised values for the db layer or raises
+`ValidationFailed` with one message list per field. Unknown fields are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+
+from .config import Config
+from .errors import ValidationFailed
+
+MAX_ID = 2**63 - 1  # ids are PostgreSQL bigint
+
+
+class StrictBoolean(fields.Boolean):
+    """Only JSON true/false: "yes", 1 and friends are type errors, not booleans."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class Text(fields.String):
+    """A string PostgreSQL can store: NUL is the one character `text` refuses."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        result: str = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in result:
+            raise ValidationError("Must not contain NUL characters.")
+        return result
+
+
+def object_id_field(**kwargs: Any) -> fields.Integer:
+    return fields.Integer(
+        strict=True,
+        validate=validate.Range(min=1, max=MAX_ID, error="Must be an id between 1 and 2^63-1."),
+        **kwargs,
+    )
+
+
+class ObjectCreate(Schema):
+    class Meta:
+        unknown = RAISE
+
+    email = Text(required=True, validate=validate.Length(max=320))
+    phone_number = Text(required=True, validate=validate.Length(max=64))
+
+    @post_load
+    def normalise(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        config: Config = self.context_config
+        errors: dict[str, list[str]] = {}
+        try:
+            email = validate_email(
+                data["email"], check_deliverability=config.email_check_deliverability
+            ).normalized
+        except EmailNotValidError as exc:
+            errors["email"] = [str(exc)]
+        try:
+            number = phonenumbers.parse(data["phone_number"], config.phone_default_region)
+            if not phonenumbers.is_valid_number(number):
+                raise ValueError("Not a valid phone number.")
+            phone = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        except (phonenumbers.NumberParseException, ValueError) as exc:
+            errors["phone_number"] = [str(exc) if isinstance(exc, ValueError) else
+                                      f"Not a phone number: {exc}."]
+        if errors:
+            raise ValidationError(errors)
+        return {"email": email, "phone_number": phone}
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.context_config = config
+
+
+class AlertCreate(Schema):
+    class Meta:
+        unknown = RAISE
+
+    text = Text(required=True)
+    object_ids = fields.List(object_id_field(), load_default=None, allow_none=True)
+    alert_all = StrictBoolean(load_default=False)
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.fields["text"].validators.append(
+            validate.Length(min=1, max=config.alert_text_max_length)
+        )
+        self.max_ids = config.alert_max_object_ids
+
+    @validates_schema
+    def recipients(self, data: dict[str, Any], **_: Any) -> None:
+        ids = data.get("object_ids")
+        if ids is not None and len(ids) > self.max_ids:
+            raise ValidationError(f"At most {self.max_ids} ids.", "object_ids")
+        if not data.get("alert_all") and ids is None:
+            raise ValidationError("Required unless alert_all is true.", "object_ids")
+        if data.get("alert_all") and ids:
+            raise ValidationError("Must be empty or absent when alert_all is true.", "object_ids")
+
+    @post_load
+    def dedupe(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        if data["alert_all"]:
+            data["object_ids"] = None
+        else:
+            data["object_ids"] = sorted(set(data["object_ids"]))
+        return data
+
+
+def load(schema: Schema, body: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = schema.load(body)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        raise ValidationFailed(messages) from None
+    return result
+
+
+# -- responses ------------------------------------------------------------------------------
+
+
+def dump_object(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "email": row["email"],
+        "phone_number": row["phone_number"],
+        "created_at": row["created_at"].isoformat(),
+    }
+
+
+def dump_alert(row: Mapping[str, Any]) -> dict[str, Any]:
+    body = {
+        "id": row["id"],
+        "text": row["text"],
+        "alert_all": row["alert_all"],
+        "number_of_objects_receiving_alert": row["number_of_objects_receiving_alert"],
+        "created_at": row["created_at"].isoformat(),
+    }
+    if not row["alert_all"]:
+        body["object_ids"] = list(row["object_ids"])
+    return body

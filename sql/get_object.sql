@@ -1,0 +1,3 @@
+SELECT id, email, phone_number, created_at
+FROM objects
+WHERE id = $1

@@ -1,0 +1,1 @@
+SELECT EXISTS (SELECT 1 FROM objects WHERE id = $1)
