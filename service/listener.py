@@ -31,6 +31,8 @@ from .hub import Hub
 log = logging.getLogger(__name__)
 
 CHANNEL = "alerts"
+# A failed dispatch is recovered by reconnecting and catching up from the tables.
+RESYNC_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
 BATCH = 256  # notifications resolved per query; below WS_QUEUE_SIZE so a burst fits a queue
 
 
@@ -145,17 +147,16 @@ class Listener:
         if self._lost is not None:
             self._lost.set()
 
-    def _on_notification(
-        self, _conn: object, _pid: int, _channel: str, payload: str
-    ) -> None:
+    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         try:
+            assert isinstance(payload, str)
             data = orjson.loads(payload)
             ids = data["object_ids"]
             notification = Notification(
                 int(data["alert_id"]), None if ids is None else [int(i) for i in ids]
             )
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("ignoring malformed notification %r: %s", payload[:200], exc)
+        except (AssertionError, ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring malformed notification %r: %s", str(payload)[:200], exc)
             return
         self._queue.put_nowait(notification)
 
@@ -179,7 +180,7 @@ class Listener:
                     batch.append(item)
                 if batch:
                     await self._dispatch(batch)
-            except CONNECTION_ERRORS + (asyncpg.PostgresError,) as exc:
+            except RESYNC_ERRORS as exc:
                 # high_water did not move past what failed: the reconnect's catch-up re-reads it.
                 log.warning("dispatch failed (%s: %s); re-synchronising", type(exc).__name__, exc)
                 self._drain_queue()
@@ -216,13 +217,17 @@ class Listener:
             if note.object_ids is None:
                 connected = self.hub.connected_objects()
                 recipients = (
-                    await self.db.connected_recipients(note.alert_id, connected) if connected else []
+                    await self.db.connected_recipients(note.alert_id, connected)
+                    if connected
+                    else []
                 )
             else:
                 recipients = [oid for oid in note.object_ids if self.hub.is_connected(oid)]
             if recipients:
                 targets.append((note.alert_id, recipients))
-        frames = await self.db.alert_frames([alert_id for alert_id, _ in targets]) if targets else {}
+        frames = (
+            await self.db.alert_frames([alert_id for alert_id, _ in targets]) if targets else {}
+        )
         for alert_id, recipients in targets:
             frame = frames.get(alert_id)
             if frame is not None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from yoyo import get_backend, read_migrations
@@ -19,11 +22,19 @@ def yoyo_url(database_url: str) -> str:
     return urlunsplit(("postgresql+psycopg", *parts[1:]))
 
 
+@contextmanager
+def _backend(database_url: str) -> Iterator[Any]:
+    backend = get_backend(yoyo_url(database_url))
+    try:
+        yield backend
+    finally:
+        backend.connection.close()
+
+
 def apply(database_url: str) -> list[str]:
     """Apply every pending migration; returns the ids applied (none when up to date)."""
-    backend = get_backend(yoyo_url(database_url))
     migrations = read_migrations(str(MIGRATIONS_DIR))
-    with backend.lock():
+    with _backend(database_url) as backend, backend.lock():
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
     applied = [m.id for m in pending]
@@ -34,9 +45,8 @@ def apply(database_url: str) -> list[str]:
 
 def rollback(database_url: str, count: int | None = None) -> list[str]:
     """Roll back the newest `count` applied migrations (all when None)."""
-    backend = get_backend(yoyo_url(database_url))
     migrations = read_migrations(str(MIGRATIONS_DIR))
-    with backend.lock():
+    with _backend(database_url) as backend, backend.lock():
         applied = backend.to_rollback(migrations)
         if count is not None:
             applied = applied[:count]

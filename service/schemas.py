@@ -77,8 +77,9 @@ class ObjectCreate(Schema):
                 raise ValueError("Not a valid phone number.")
             phone = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
         except (phonenumbers.NumberParseException, ValueError) as exc:
-            errors["phone_number"] = [str(exc) if isinstance(exc, ValueError) else
-                                      f"Not a phone number: {exc}."]
+            errors["phone_number"] = [
+                str(exc) if isinstance(exc, ValueError) else f"Not a phone number: {exc}."
+            ]
         if errors:
             raise ValidationError(errors)
         return {"email": email, "phone_number": phone}

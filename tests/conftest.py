@@ -1,0 +1,166 @@
+"""Test fixtures: a real PostgreSQL, a fresh database per test run, clean tables per test.
+
+With DATABASE_URL (or DB_*) configured, that server is used; otherwise the embedded server
+the service itself would use. Either way each run creates its own database
+(`inbox_test_<pid>_<random>`), migrates it, and drops it at the end, so runs never see each
+other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import psycopg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from psycopg import sql
+
+from service import embedded, migrate
+from service.app import create_app
+from service.config import Config
+
+TABLES = "object_alerts, alerts, objects"
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """An admin URL of the PostgreSQL server the tests run against."""
+    config = Config.from_env()
+    if config.database_url is not None:
+        yield config.database_url
+        return
+    server = embedded.start(config.embedded_data_dir)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def create_database(server_url: str, prefix: str = "inbox_test") -> str:
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return with_database(server_url, name)
+
+
+def drop_database(server_url: str, url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """This run's own database, migrated to the newest schema."""
+    url = create_database(server_url)
+    try:
+        migrate.apply(url)
+        yield url
+    finally:
+        drop_database(server_url, url)
+
+
+@pytest.fixture
+def scratch_database(server_url: str) -> Iterator[str]:
+    """An empty database of its own, for tests of migrations themselves."""
+    url = create_database(server_url, prefix="inbox_scratch")
+    try:
+        yield url
+    finally:
+        drop_database(server_url, url)
+
+
+@pytest.fixture(autouse=True)
+def clean_tables(request: pytest.FixtureRequest) -> None:
+    if "database_url" not in request.fixturenames:
+        return
+    url = request.getfixturevalue("database_url")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+        conn.execute("ALTER SEQUENCE alerts_id_seq RESTART")
+
+
+def make_config(database_url: str, **overrides: str) -> Config:
+    environ = {"DATABASE_URL": database_url, "DB_TIMEOUT": "3", "WS_HEARTBEAT": "5"}
+    environ.update(overrides)
+    return Config.from_env(environ=environ, env_file=None)
+
+
+@pytest.fixture
+def config(database_url: str) -> Config:
+    return make_config(database_url)
+
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def make_client(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]], database_url: str
+) -> ClientFactory:
+    """A client of a fresh app, with settings overridden as keyword arguments."""
+
+    async def make(**overrides: str) -> TestClient[Any, Any]:
+        return await aiohttp_client(create_app(make_config(database_url, **overrides)))
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> TestClient[Any, Any]:
+    return await make_client()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection, for checking what the service stored and writing as a DBA would."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def create_object(client: TestClient[Any, Any], **fields: Any) -> dict[str, Any]:
+    body = {"email": "bob@example.com", "phone_number": "212-555-1234", **fields}
+    response = await client.post("/object", json=body)
+    assert response.status == 200, await response.text()
+    result: dict[str, Any] = await response.json()
+    return result
+
+
+async def create_alert(client: TestClient[Any, Any], **fields: Any) -> dict[str, Any]:
+    response = await client.post("/alert", json={"text": "hello", **fields})
+    assert response.status == 200, await response.text()
+    result: dict[str, Any] = await response.json()
+    return result
+
+
+def app_of(client: TestClient[Any, Any]) -> web.Application:
+    app = client.server.app
+    assert app is not None
+    return app
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until `predicate()` holds, polling the event loop (not a fixed sleep)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
