@@ -17,6 +17,7 @@ from marshmallow import (
     ValidationError,
     fields,
     post_load,
+    pre_load,
     validate,
     validates_schema,
 )
@@ -104,6 +105,15 @@ class AlertCreate(Schema):
         )
         self.max_ids = config.alert_max_object_ids
 
+    @pre_load
+    def bound_the_list(self, data: Any, **_: Any) -> Any:
+        # Before each item is validated: a body full of bad items would otherwise cost a second
+        # of CPU and answer with an error list eight times the size of the request.
+        ids = data.get("object_ids") if isinstance(data, dict) else None
+        if isinstance(ids, list) and len(ids) > self.max_ids:
+            raise ValidationError(f"At most {self.max_ids} ids.", "object_ids")
+        return data
+
     @validates_schema
     def recipients(self, data: dict[str, Any], **_: Any) -> None:
         ids = data.get("object_ids")
@@ -128,8 +138,19 @@ def load(schema: Schema, body: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = schema.load(body)
     except ValidationError as exc:
         messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        messages = {name: _first_items(errors) for name, errors in messages.items()}
         raise ValidationFailed(messages) from None
     return result
+
+
+MAX_ITEM_ERRORS = 20
+
+
+def _first_items(errors: Any) -> Any:
+    """Errors of list items ({index: messages}) are cut to the first few: enough to act on."""
+    if isinstance(errors, dict) and len(errors) > MAX_ITEM_ERRORS:
+        return dict(list(errors.items())[:MAX_ITEM_ERRORS])
+    return errors
 
 
 # -- responses ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from hypothesis import HealthCheck, settings
 from psycopg import sql
 
 from service import embedded, migrate
@@ -164,3 +165,19 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+# Hypothesis: a few hundred examples across the suite keep `make test` fast. The fuzz tests
+# share one live server per test function on purpose (the function-scoped fixture check).
+settings.register_profile(
+    "inbox",
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
+settings.register_profile("thorough", parent=settings.get_profile("inbox"), max_examples=3000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "inbox"))
