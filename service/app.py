@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import handlers
+from . import auth, handlers
 from .config import Config
 from .db import Database, create_pool
 from .errors import ServiceError
@@ -39,7 +39,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except ServiceError as exc:
-        return handlers.json_response(exc.body(), status=exc.status)
+        response = handlers.json_response(exc.body(), status=exc.status)
+        response.headers.update(exc.headers)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -103,7 +105,10 @@ async def listener_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[json_errors, auth.require_api_key], client_max_size=config.max_body_bytes
+    )
+    auth.warn_if_open(config)
     app[config_key] = config
     app[hub_key] = Hub()
     app[sockets_key] = set()

@@ -166,6 +166,53 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_float,
         "longest wait, in seconds, between attempts to re-open the LISTEN connection",
     ),
+    # -- hardening: access control, safe retries, socket limits (docs/hardening.md) --------
+    Setting(
+        "API_KEYS",
+        "",
+        _csv,
+        "comma-separated keys; when set, every POST needs `Authorization: Bearer <key>` (else "
+        "401). Empty: writes are open (a WARNING is logged at start-up)",
+    ),
+    Setting(
+        "INBOX_SECRET",
+        "",
+        str,
+        "secret for inbox tokens (HMAC-SHA256 of the object id); when set, /inbox/{id} needs "
+        "?token= (missing: 401, wrong: 403). Empty: inboxes are open (WARNING at start-up)",
+    ),
+    Setting(
+        "INBOX_SECRET_PREVIOUS",
+        "",
+        str,
+        "the secret before the last rotation: its tokens are still accepted on /inbox, new "
+        "tokens use INBOX_SECRET",
+    ),
+    Setting(
+        "ALLOWED_ORIGINS",
+        "",
+        _csv,
+        "comma-separated origins (https://app.example.com) allowed to open inbox sockets from "
+        "a browser; a request with another Origin gets 403. Empty: any origin",
+    ),
+    Setting(
+        "IDEMPOTENCY_TTL",
+        "86400",
+        _positive_int,
+        "seconds an Idempotency-Key is remembered; a retry after that is a new request",
+    ),
+    Setting(
+        "WS_MAX_PER_PROCESS",
+        "10000",
+        _positive_int,
+        "open inbox sockets per process; one more is refused before the upgrade with 503",
+    ),
+    Setting(
+        "WS_MAX_PER_OBJECT",
+        "32",
+        _positive_int,
+        "open inbox sockets per object; one more is refused before the upgrade with 429",
+    ),
 )
 
 
@@ -196,6 +243,13 @@ class Config:
     ws_queue_size: int
     ws_heartbeat: float
     listen_reconnect_max: float
+    api_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    inbox_secret: str = field(default="", repr=False)
+    inbox_secret_previous: str = field(default="", repr=False)
+    allowed_origins: frozenset[str] = frozenset()
+    idempotency_ttl: int = 86400
+    ws_max_per_process: int = 10000
+    ws_max_per_object: int = 32
     source: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -237,6 +291,13 @@ class Config:
             ws_queue_size=values["WS_QUEUE_SIZE"],
             ws_heartbeat=values["WS_HEARTBEAT"],
             listen_reconnect_max=values["LISTEN_RECONNECT_MAX"],
+            api_keys=values["API_KEYS"] or frozenset(),
+            inbox_secret=values["INBOX_SECRET"],
+            inbox_secret_previous=values["INBOX_SECRET_PREVIOUS"],
+            allowed_origins=values["ALLOWED_ORIGINS"] or frozenset(),
+            idempotency_ttl=values["IDEMPOTENCY_TTL"],
+            ws_max_per_process=values["WS_MAX_PER_PROCESS"],
+            ws_max_per_object=values["WS_MAX_PER_OBJECT"],
             source=merged,
         )
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -70,6 +70,31 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, timeout: float)
     )
 
 
+if TYPE_CHECKING:
+    Connection = PoolConnectionProxy[asyncpg.Record]
+else:
+    Connection = PoolConnectionProxy
+
+
+# The writes, on a connection whose transaction the caller owns (idempotency.py adds its own
+# statements to the same transaction).
+
+
+async def insert_object(conn: Connection, email: str, phone_number: str) -> Row:
+    row = await conn.fetchrow(Q.insert_object, email, phone_number)
+    assert row is not None
+    return dict(row)
+
+
+async def insert_alert(conn: Connection, text: str, object_ids: Sequence[int] | None) -> Row:
+    if object_ids is None:
+        row = await conn.fetchrow(Q.insert_alert_to_all, text)
+    else:
+        row = await conn.fetchrow(Q.insert_alert_to_ids, text, object_ids)
+    assert row is not None
+    return dict(row)
+
+
 class Database:
     """The queries of the service over one pool."""
 
@@ -78,7 +103,7 @@ class Database:
         self.timeout = timeout
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         async with (
             unavailable_as_503(),
             self.pool.acquire(timeout=self.timeout) as conn,
@@ -94,9 +119,7 @@ class Database:
 
     async def insert_object(self, email: str, phone_number: str) -> Row:
         async with self.transaction() as conn:
-            row = await conn.fetchrow(Q.insert_object, email, phone_number)
-        assert row is not None
-        return dict(row)
+            return await insert_object(conn, email, phone_number)
 
     async def get_object(self, object_id: int) -> Row | None:
         async with self.transaction() as conn:
@@ -112,12 +135,7 @@ class Database:
     async def insert_alert(self, text: str, object_ids: Sequence[int] | None) -> Row:
         """Store an alert for the existing ids among `object_ids`, or for everyone if None."""
         async with self.transaction() as conn:
-            if object_ids is None:
-                row = await conn.fetchrow(Q.insert_alert_to_all, text)
-            else:
-                row = await conn.fetchrow(Q.insert_alert_to_ids, text, object_ids)
-        assert row is not None
-        return dict(row)
+            return await insert_alert(conn, text, object_ids)
 
     async def get_alert(self, alert_id: int) -> Row | None:
         async with self.transaction() as conn:

@@ -14,6 +14,7 @@ class ServiceError(Exception):
 
     status = 500
     code = "internal_error"
+    headers: Mapping[str, str] = {}  # e.g. WWW-Authenticate on 401
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -53,3 +54,36 @@ class NotFound(ServiceError):
 class DatabaseUnavailable(ServiceError):
     status = 503
     code = "database_unavailable"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, realm: str = "inbox") -> None:
+        super().__init__(message)
+        self.headers = {"WWW-Authenticate": f'Bearer realm="{realm}"'}
+
+
+class Forbidden(ServiceError):
+    status = 403
+    code = "forbidden"
+
+
+class IdempotencyKeyReused(ServiceError):
+    status = 422
+    code = "idempotency_key_reused"
+
+
+class TooManySocketsForObject(ServiceError):
+    """The client's own doing (too many tabs or a reconnect loop): it may retry later."""
+
+    status = 429
+    code = "too_many_sockets"
+
+
+class TooManySockets(ServiceError):
+    """This process is full: another process (or a later retry) can take the socket."""
+
+    status = 503
+    code = "server_busy"

@@ -14,9 +14,16 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from . import schemas
-from .db import Database
-from .errors import DatabaseUnavailable, MalformedRequest, NotFound, UnsupportedMediaType
+from . import auth, idempotency, schemas
+from .db import Connection, Database, insert_alert, insert_object
+from .errors import (
+    DatabaseUnavailable,
+    MalformedRequest,
+    NotFound,
+    TooManySockets,
+    TooManySocketsForObject,
+    UnsupportedMediaType,
+)
 from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Session
 from .keys import config_key, db_key, hub_key, listener_key, sockets_key
 
@@ -62,12 +69,27 @@ def path_id(request: web.Request, name: str) -> int:
 # -- objects ---------------------------------------------------------------------------------
 
 
+def dump_object(request: web.Request, row: dict[str, Any]) -> dict[str, Any]:
+    """The object, with its inbox token for callers trusted to write (see auth.py)."""
+    body = schemas.dump_object(row)
+    token = auth.token_for(request.app[config_key], row["id"])
+    if token is not None and auth.has_valid_api_key(request):
+        body["inbox_token"] = token
+    return body
+
+
 async def create_object(request: web.Request) -> web.Response:
-    data = schemas.load(
-        schemas.ObjectCreate(request.app[config_key]), await read_json_object(request)
+    config = request.app[config_key]
+    body = await read_json_object(request)
+    data = schemas.load(schemas.ObjectCreate(config), body)
+
+    async def write(conn: Connection) -> dict[str, Any]:
+        row = await insert_object(conn, data["email"], data["phone_number"])
+        return dump_object(request, row)
+
+    return await idempotency.respond_once(
+        request, request.app[db_key], config.idempotency_ttl, body, write
     )
-    row = await request.app[db_key].insert_object(data["email"], data["phone_number"])
-    return json_response(schemas.dump_object(row))
 
 
 async def get_object(request: web.Request) -> web.Response:
@@ -75,18 +97,24 @@ async def get_object(request: web.Request) -> web.Response:
     row = await request.app[db_key].get_object(object_id)
     if row is None:
         raise NotFound(f"no object with id {object_id}")
-    return json_response(schemas.dump_object(row))
+    return json_response(dump_object(request, row))
 
 
 # -- alerts ----------------------------------------------------------------------------------
 
 
 async def create_alert(request: web.Request) -> web.Response:
-    data = schemas.load(
-        schemas.AlertCreate(request.app[config_key]), await read_json_object(request)
+    config = request.app[config_key]
+    body = await read_json_object(request)
+    data = schemas.load(schemas.AlertCreate(config), body)
+
+    async def write(conn: Connection) -> dict[str, Any]:
+        row = await insert_alert(conn, data["text"], data["object_ids"])
+        return schemas.dump_alert(row)
+
+    return await idempotency.respond_once(
+        request, request.app[db_key], config.idempotency_ttl, body, write
     )
-    row = await request.app[db_key].insert_alert(data["text"], data["object_ids"])
-    return json_response(schemas.dump_alert(row))
 
 
 async def get_alert(request: web.Request) -> web.Response:
@@ -101,7 +129,14 @@ async def get_alert(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    # Cheap figures for soak tests and dashboards: a leak shows as a number that only grows.
+    return json_response(
+        {
+            "status": "ok",
+            "tasks": len(asyncio.all_tasks()),
+            "sockets": len(request.app[sockets_key]),
+        }
+    )
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -127,20 +162,42 @@ def parse_after(request: web.Request) -> int:
     return int(raw)
 
 
+def check_socket_limits(request: web.Request, object_id: int) -> None:
+    """Refuse before the upgrade: 429 for one object's too many sockets, 503 when full."""
+    config = request.app[config_key]
+    if request.app[hub_key].count_for(object_id) >= config.ws_max_per_object:
+        raise TooManySocketsForObject(
+            f"object {object_id} has {config.ws_max_per_object} open inbox sockets already"
+        )
+    if len(request.app[sockets_key]) >= config.ws_max_per_process:
+        raise TooManySockets("this server has no room for another socket; retry shortly")
+
+
 async def inbox(request: web.Request) -> web.WebSocketResponse:
+    """Frames the client sends are read and ignored (pings are answered); see drain_client."""
     object_id = path_id(request, "object_id")
     after = parse_after(request)
+    auth.check_origin(request)
+    auth.check_inbox_token(request, object_id)
     db, hub, config = request.app[db_key], request.app[hub_key], request.app[config_key]
     if not await db.object_exists(object_id):
         raise NotFound(f"no object with id {object_id}")
 
+    # The limits are checked and the socket counted with no await in between, so a burst of
+    # connects cannot all slip past the same check.
+    check_socket_limits(request, object_id)
     ws = web.WebSocketResponse(heartbeat=config.ws_heartbeat, max_msg_size=4096)
-    await ws.prepare(request)
     overflowed = asyncio.Event()
     session = Session(object_id, after, config.ws_queue_size, lambda _s: overflowed.set())
     sockets = request.app[sockets_key]
     sockets.add(ws)
     hub.add(session)  # before the backlog is read: see the module docstring
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        hub.discard(session)
+        sockets.discard(ws)
+        raise
     sender = asyncio.create_task(send_frames(ws, session, db))
     watchdog = asyncio.create_task(overflowed.wait())
     reader = asyncio.create_task(drain_client(ws))
@@ -183,7 +240,10 @@ async def send_frames(ws: web.WebSocketResponse, session: Session, db: Database)
 
 
 async def drain_client(ws: web.WebSocketResponse) -> None:
-    """Read and ignore what the client sends, so pongs and the close handshake are handled."""
+    """Read and ignore what the client sends, so pongs and the close handshake are handled.
+
+    The inbox is one-way: a client's text or binary frames have no effect (a frame over 4 KiB
+    closes the socket with 1009, message too big)."""
     async for msg in ws:
         if msg.type == WSMsgType.ERROR:
             break

@@ -27,7 +27,7 @@ from service import embedded, migrate
 from service.app import create_app
 from service.config import Config
 
-TABLES = "object_alerts, alerts, objects"
+TABLES = "object_alerts, alerts, objects, idempotency_keys"
 
 
 def with_database(url: str, name: str) -> str:

@@ -1,0 +1,97 @@
+"""Safe retries: `Idempotency-Key` on POST /object and POST /alert.
+
+A request with a key is hashed (canonical JSON of its body) and claimed in `idempotency_keys`
+inside the transaction that writes the object or alert; the response is stored in the same
+transaction. So a retry, or a request racing the first with the same key, gets the first
+response byte for byte and creates nothing; a crash before COMMIT leaves no claim and no row.
+The same key with a different body is refused (422 `idempotency_key_reused`). Keys expire
+after IDEMPOTENCY_TTL seconds; expired ones are re-claimed, and purged now and then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .db import Connection, Database, Q
+from .errors import IdempotencyKeyReused, MalformedRequest
+
+log = logging.getLogger(__name__)
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_KEY_LENGTH = 255
+PURGE_PROBABILITY = 0.01  # of a keyed request also deleting expired keys, after its commit
+
+Write = Callable[[Connection], Awaitable[Mapping[str, Any]]]
+
+
+def request_key(request: web.Request) -> str | None:
+    """The header's value, or None; a key that cannot be one is a malformed request."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
+        raise MalformedRequest(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} printable ASCII characters")
+    return key
+
+
+def request_hash(body: Mapping[str, Any]) -> bytes:
+    """Equal for the same JSON whatever its key order and spacing."""
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+
+
+def _response(body: bytes | str, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+async def respond_once(
+    request: web.Request,
+    db: Database,
+    ttl: int,
+    body: Mapping[str, Any],
+    write: Write,
+) -> web.Response:
+    """Run `write` in a transaction, once per idempotency key, and answer with its JSON."""
+    key = request_key(request)
+    if key is None:
+        async with db.transaction() as conn:
+            result = await write(conn)
+        return _response(orjson.dumps(result))
+    route = f"{request.method} {request.path}"
+    digest = request_hash(body)
+    async with db.transaction() as conn:
+        # Waits here while another transaction holds a claim on the same key.
+        claimed = await conn.fetchval(Q.claim_idempotency_key, key, route, digest, ttl)
+        if not claimed:
+            stored = await conn.fetchrow(Q.get_idempotency_key, key, route)
+            # The claim is live and committed (a rolled-back claim would have been taken over).
+            assert stored is not None
+            assert stored["status"] is not None
+            if bytes(stored["request_hash"]) != digest:
+                raise IdempotencyKeyReused(
+                    f"{HEADER} {key!r} was used for a different request body; use a new key"
+                )
+            response = _response(stored["response"], stored["status"])
+            response.headers[REPLAYED_HEADER] = "true"
+            return response
+        payload = orjson.dumps(await write(conn))
+        await conn.execute(Q.store_idempotent_response, key, route, 200, payload.decode())
+    if random.random() < PURGE_PROBABILITY:
+        await purge(db, ttl)
+    return _response(payload)
+
+
+async def purge(db: Database, ttl: int) -> None:
+    """Delete expired keys; best effort, the request it rides on has already succeeded."""
+    try:
+        async with db.transaction() as conn:
+            await conn.execute(Q.purge_idempotency_keys, ttl)
+    except Exception as exc:  # never fail a committed request over housekeeping
+        log.warning("purging idempotency keys failed: %s: %s", type(exc).__name__, exc)
