@@ -81,7 +81,7 @@ def dump_object(request: web.Request, row: dict[str, Any]) -> dict[str, Any]:
 async def create_object(request: web.Request) -> web.Response:
     config = request.app[config_key]
     body = await read_json_object(request)
-    data = schemas.load(schemas.ObjectCreate(config), body)
+    data = schemas.load(schemas.object_schema(config), body)
 
     async def write(conn: Connection) -> dict[str, Any]:
         row = await insert_object(conn, data["email"], data["phone_number"])
@@ -106,7 +106,7 @@ async def get_object(request: web.Request) -> web.Response:
 async def create_alert(request: web.Request) -> web.Response:
     config = request.app[config_key]
     body = await read_json_object(request)
-    data = schemas.load(schemas.AlertCreate(config), body)
+    data = schemas.load(schemas.alert_schema(config), body)
 
     async def write(conn: Connection) -> dict[str, Any]:
         row = await insert_alert(conn, data["text"], data["object_ids"])
@@ -220,6 +220,11 @@ async def inbox(request: web.Request) -> web.WebSocketResponse:
         for task in (sender, watchdog, reader):
             task.cancel()
         await asyncio.gather(sender, watchdog, reader, return_exceptions=True)
+        if not ws.closed:
+            # The peer vanished without a close frame (the handler is cancelled then): closing
+            # stops the heartbeat, whose timer would otherwise hold the socket, its request and
+            # buffers for up to 1.5 x WS_HEARTBEAT after the client is gone.
+            await close(ws, request, CLOSE_GOING_AWAY, b"")
     return ws
 
 

@@ -6,6 +6,7 @@ Loading a body either returns plain, normalised values for the db layer or raise
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ from marshmallow import (
     post_load,
     pre_load,
     validate,
+    validates,
     validates_schema,
 )
 
@@ -100,10 +102,13 @@ class AlertCreate(Schema):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
-        self.fields["text"].validators.append(
-            validate.Length(min=1, max=config.alert_text_max_length)
-        )
+        self.max_text = config.alert_text_max_length
         self.max_ids = config.alert_max_object_ids
+
+    @validates("text")
+    def text_length(self, value: str, **_: Any) -> None:
+        if not 1 <= len(value) <= self.max_text:
+            raise ValidationError(f"Length must be between 1 and {self.max_text}.")
 
     @pre_load
     def bound_the_list(self, data: Any, **_: Any) -> Any:
@@ -131,6 +136,17 @@ class AlertCreate(Schema):
         else:
             data["object_ids"] = sorted(set(data["object_ids"]))
         return data
+
+
+@functools.cache
+def object_schema(config: Config) -> ObjectCreate:
+    """One schema instance per configuration: building one per request is wasted work."""
+    return ObjectCreate(config)
+
+
+@functools.cache
+def alert_schema(config: Config) -> AlertCreate:
+    return AlertCreate(config)
 
 
 def load(schema: Schema, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,259 @@
+"""Access control: API keys on writes, inbox tokens (with rotation), Origin checks, and SQL
+injection payloads in every field."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import WSServerHandshakeError
+from aiohttp.test_utils import TestClient
+
+from service.app import create_app
+from service.auth import inbox_token
+from service.keys import hub_key, sockets_key
+
+from .conftest import app_of, create_object, make_config
+
+Client = TestClient[Any, Any]
+OBJECT = {"email": "bob@example.com", "phone_number": "212-555-1234"}
+UPGRADE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def counts(db: asyncpg.Connection) -> tuple[int, int]:
+    row = await db.fetchrow("SELECT (SELECT count(*) FROM objects), (SELECT count(*) FROM alerts)")
+    assert row is not None
+    return row[0], row[1]
+
+
+# -- API keys ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        bearer("wrong"),
+        bearer("key-one-"),
+        bearer("key-on"),
+        {"Authorization": "key-one"},
+        {"Authorization": "Basic key-one"},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer "},
+    ],
+)
+async def test_post_without_a_valid_key_is_401_and_writes_nothing(
+    make_client: Any, db: asyncpg.Connection, headers: dict[str, str]
+) -> None:
+    client = await make_client(API_KEYS="key-one, key-two")
+    for path, body in (("/object", OBJECT), ("/alert", {"text": "x", "alert_all": True})):
+        response = await client.post(path, json=body, headers=headers)
+        assert response.status == 401, await response.text()
+        assert (await response.json())["error"] == "unauthorized"
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    # Refused before the body is read: even an invalid body gets 401, not 422.
+    response = await client.post("/alert", data=b"{", headers=headers)
+    assert response.status == 401
+    assert await counts(db) == (0, 0)
+
+
+async def test_post_with_any_configured_key_is_accepted(make_client: Any) -> None:
+    client = await make_client(API_KEYS="key-one,key-two")
+    for key in ("key-one", "key-two"):
+        response = await client.post("/object", json=OBJECT, headers=bearer(key))
+        assert response.status == 200
+        response = await client.post(
+            "/alert",
+            json={"text": "x", "alert_all": True},
+            headers={"Authorization": f"bearer {key}"},
+        )
+        assert response.status == 200
+
+
+async def test_reads_do_not_need_a_key(make_client: Any) -> None:
+    client = await make_client(API_KEYS="key-one")
+    response = await client.post("/object", json=OBJECT, headers=bearer("key-one"))
+    created = await response.json()
+    response = await client.get(f"/object/{created['id']}")
+    assert response.status == 200
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_open_configuration_warns_at_start_up(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="service.auth"):
+        create_app(make_config(database_url))
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("API_KEYS is not set" in m for m in messages)
+    assert any("INBOX_SECRET is not set" in m for m in messages)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="service.auth"):
+        create_app(make_config(database_url, API_KEYS="k", INBOX_SECRET="s"))
+    assert not caplog.records
+
+
+def test_secrets_stay_out_of_the_config_repr(database_url: str) -> None:
+    config = make_config(database_url, API_KEYS="hunter2", INBOX_SECRET="s3cr3t-value")
+    assert "hunter2" not in repr(config)
+    assert "s3cr3t-value" not in repr(config)
+
+
+# -- inbox tokens -----------------------------------------------------------------------------
+
+
+async def test_inbox_token_is_returned_with_the_object(make_client: Any) -> None:
+    client = await make_client(INBOX_SECRET="s1")
+    created = await create_object(client)
+    assert created["inbox_token"] == inbox_token("s1", created["id"])
+    response = await client.get(f"/object/{created['id']}")
+    assert (await response.json())["inbox_token"] == created["inbox_token"]
+    # Without INBOX_SECRET there is no token to give.
+    open_client = await make_client()
+    assert "inbox_token" not in await create_object(open_client)
+
+
+async def test_inbox_token_only_for_callers_with_an_api_key(make_client: Any) -> None:
+    client = await make_client(INBOX_SECRET="s1", API_KEYS="k")
+    response = await client.post("/object", json=OBJECT, headers=bearer("k"))
+    created = await response.json()
+    assert created["inbox_token"] == inbox_token("s1", created["id"])
+    anonymous = await (await client.get(f"/object/{created['id']}")).json()
+    assert "inbox_token" not in anonymous
+    response = await client.get(f"/object/{created['id']}", headers=bearer("wrong"))
+    assert "inbox_token" not in await response.json()
+    response = await client.get(f"/object/{created['id']}", headers=bearer("k"))
+    assert (await response.json())["inbox_token"] == created["inbox_token"]
+
+
+async def refused(client: Client, path: str, status: int, **headers: str) -> dict[str, Any]:
+    """A WebSocket request refused before the upgrade: a plain JSON answer, no socket."""
+    response = await client.get(path, headers={**UPGRADE, **headers})
+    assert response.status == status, await response.text()
+    assert "Upgrade" not in response.headers
+    body: dict[str, Any] = await response.json()
+    with pytest.raises(WSServerHandshakeError) as caught:
+        await client.ws_connect(path, headers=headers)
+    assert caught.value.status == status
+    app = app_of(client)
+    assert len(app[hub_key]) == 0
+    assert not app[sockets_key]
+    return body
+
+
+async def test_inbox_needs_the_token(make_client: Any) -> None:
+    client = await make_client(INBOX_SECRET="s1")
+    obj = await create_object(client)
+    other = await create_object(client)
+    body = await refused(client, f"/inbox/{obj['id']}", 401)
+    assert body["error"] == "unauthorized"
+    assert (await refused(client, f"/inbox/{obj['id']}?token=", 401))["error"] == "unauthorized"
+    for token in ("nope", other["inbox_token"], inbox_token("s2", obj["id"])):
+        body = await refused(client, f"/inbox/{obj['id']}?token={token}", 403)
+        assert body["error"] == "forbidden"
+    # Refused before the object is looked up: a missing object does not answer 404 to strangers.
+    assert (await refused(client, "/inbox/999999?token=x", 403))["error"] == "forbidden"
+    ws = await client.ws_connect(f"/inbox/{obj['id']}", params={"token": obj["inbox_token"]})
+    await ws.close()
+
+
+async def test_previous_secret_still_opens_inboxes(make_client: Any) -> None:
+    old = await make_client(INBOX_SECRET="old")
+    obj = await create_object(old)
+    old_token = obj["inbox_token"]
+    rotated = await make_client(INBOX_SECRET="new", INBOX_SECRET_PREVIOUS="old")
+    fresh = await (await rotated.get(f"/object/{obj['id']}")).json()
+    assert fresh["inbox_token"] == inbox_token("new", obj["id"]) != old_token
+    for token in (old_token, fresh["inbox_token"]):
+        ws = await rotated.ws_connect(f"/inbox/{obj['id']}", params={"token": token})
+        await ws.close()
+    await refused(rotated, f"/inbox/{obj['id']}?token={inbox_token('older', obj['id'])}", 403)
+    # Once the previous secret is dropped, its tokens stop working.
+    done = await make_client(INBOX_SECRET="new")
+    await refused(done, f"/inbox/{obj['id']}?token={old_token}", 403)
+
+
+# -- origins ----------------------------------------------------------------------------------
+
+
+async def test_origin_must_be_allowed(make_client: Any) -> None:
+    client = await make_client(ALLOWED_ORIGINS="https://app.example.com, http://localhost:3000")
+    obj = await create_object(client)
+    path = f"/inbox/{obj['id']}"
+    for origin in ("https://evil.example.com", "null", "https://app.example.com.evil.net"):
+        assert (await refused(client, path, 403, Origin=origin))["error"] == "forbidden"
+    for headers in ({"Origin": "https://APP.example.com"}, {"Origin": "http://localhost:3000"}, {}):
+        ws = await client.ws_connect(path, headers=headers)
+        await ws.close()
+
+
+async def test_any_origin_when_none_configured(client: Client) -> None:
+    obj = await create_object(client)
+    ws = await client.ws_connect(f"/inbox/{obj['id']}", headers={"Origin": "https://x.example"})
+    await ws.close()
+
+
+# -- SQL injection ----------------------------------------------------------------------------
+
+INJECTIONS = [
+    "'; DROP TABLE alerts; --",
+    "Robert'); DROP TABLE objects;--",
+    "' OR '1'='1",
+    "1; DELETE FROM object_alerts",
+    "$1",
+    "\\'; TRUNCATE objects; --",
+    "') UNION SELECT id, email, phone_number, created_at FROM objects --",
+]
+
+
+async def tables_intact(db: asyncpg.Connection) -> None:
+    for table in ("objects", "alerts", "object_alerts", "idempotency_keys"):
+        assert await db.fetchval("SELECT to_regclass($1)", table) is not None
+
+
+async def test_injection_payloads_are_stored_verbatim_or_refused(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    keeper = await create_object(client)
+    for payload in INJECTIONS:
+        alert = await (
+            await client.post("/alert", json={"text": payload, "object_ids": [keeper["id"]]})
+        ).json()
+        assert alert["text"] == payload
+        assert await db.fetchval("SELECT text FROM alerts WHERE id = $1", alert["id"]) == payload
+        # Strings where ids belong are type errors, in the body, the path and the query.
+        response = await client.post("/alert", json={"text": "x", "object_ids": [payload]})
+        assert response.status == 422
+        response = await client.post("/alert", json={"text": "x", "object_ids": payload})
+        assert response.status == 422
+        assert (await client.get("/object/1 OR 1=1")).status == 404
+        assert (await client.get("/alert/1;DROP TABLE alerts")).status == 404
+        response = await client.get(f"/inbox/{keeper['id']}", params={"after": payload})
+        assert response.status == 400
+        response = await client.post(
+            "/object", json={"email": "bob@example.com", "phone_number": payload}
+        )
+        assert response.status == 422
+        response = await client.post(
+            "/object", json={"email": payload, "phone_number": "212-555-1234"}
+        )
+        assert response.status == 422
+    for local in ("o'reilly", "x'or'1'='1", "admin'--", "a'+'b"):
+        created = await create_object(client, email=f"{local}@example.com")
+        stored = await db.fetchval("SELECT email FROM objects WHERE id = $1", created["id"])
+        assert stored == f"{local}@example.com" == created["email"]
+    await tables_intact(db)
+    assert await db.fetchval("SELECT count(*) FROM objects") == 5
+    assert await db.fetchval("SELECT count(*) FROM alerts") == len(INJECTIONS)
+    assert await db.fetchval("SELECT count(*) FROM object_alerts") == len(INJECTIONS)
