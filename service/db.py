@@ -32,6 +32,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08
     asyncpg.exceptions.OperatorInterventionError,  # class 57: admin shutdown, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections
+    # A pooled connection whose server was killed while it sat idle: until the socket's EOF
+    # is read, its next query fails with "cannot switch to state ...". The pool drops it.
+    asyncpg.exceptions.InternalClientError,
 )
 
 SERVER_SETTINGS = {"timezone": "UTC", "application_name": "inbox"}

@@ -26,13 +26,20 @@ import asyncpg
 import orjson
 
 from .db import CONNECTION_ERRORS, SERVER_SETTINGS, Database
+from .errors import DatabaseUnavailable
 from .hub import Hub
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "alerts"
 # A failed dispatch is recovered by reconnecting and catching up from the tables.
-RESYNC_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
+# The db layer reports a lost pool connection as DatabaseUnavailable: without it here, the
+# first failed catch-up killed the dispatcher and every later alert went undelivered.
+RESYNC_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    asyncpg.PostgresError,
+    DatabaseUnavailable,
+)
 BATCH = 256  # notifications resolved per query; below WS_QUEUE_SIZE so a burst fits a queue
 
 
@@ -112,6 +119,8 @@ class Listener:
                 delay = 0.05  # it was up: come back quickly
             except CONNECTION_ERRORS as exc:
                 log.warning("LISTEN connection failed: %s: %s", type(exc).__name__, exc)
+            except Exception:  # the supervisor must outlive any one connection's failure
+                log.exception("LISTEN connection failed unexpectedly")
             finally:
                 self._listening.clear()
                 self._caught_up.clear()
@@ -180,9 +189,14 @@ class Listener:
                     batch.append(item)
                 if batch:
                     await self._dispatch(batch)
-            except RESYNC_ERRORS as exc:
+            except Exception as exc:
                 # high_water did not move past what failed: the reconnect's catch-up re-reads it.
-                log.warning("dispatch failed (%s: %s); re-synchronising", type(exc).__name__, exc)
+                if isinstance(exc, RESYNC_ERRORS):
+                    log.warning(
+                        "dispatch failed (%s: %s); re-synchronising", type(exc).__name__, exc
+                    )
+                else:  # a bug, but the dispatcher must not die of it: nothing would be delivered
+                    log.exception("dispatch failed unexpectedly; re-synchronising")
                 self._drain_queue()
                 self._force_reconnect()
                 await asyncio.sleep(0.05)
