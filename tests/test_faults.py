@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -18,9 +19,11 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
+from service.app import create_app
 from service.keys import hub_key, listener_key
 
-from .conftest import app_of, create_object, eventually
+from .conftest import app_of, create_object, eventually, make_config
+from .pgproxy import PgProxy
 
 Client = TestClient[Any, Any]
 REQUEST_BOUND = 15.0  # seconds: far above DB_TIMEOUT, far below "hung"
@@ -150,3 +153,70 @@ async def test_killed_connections_lose_and_duplicate_nothing(
     assert len(committed) > 10, (len(committed), unavailable)
     # The service recovers by itself: a plain request succeeds again.
     assert await post_alert(client, {"text": "after", "alert_all": True}) is not None
+
+
+# -- network outages, staged with a proxy ------------------------------------------------------
+
+
+@pytest.fixture
+async def proxy(database_url: str) -> AsyncIterator[tuple[PgProxy, str]]:
+    pg = PgProxy(database_url)
+    url = await pg.start()
+    try:
+        yield pg, url
+    finally:
+        await pg.stop()
+
+
+async def timed_post(client: Client, body: dict[str, Any]) -> tuple[int | None, float]:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await post_alert(client, body)
+    return result, loop.time() - started
+
+
+@pytest.mark.parametrize("outage", ["refuse", "blackhole"])
+async def test_outage_answers_503_in_bounded_time_then_recovers(
+    aiohttp_client: Any, proxy: tuple[PgProxy, str], db: asyncpg.Connection, outage: str
+) -> None:
+    """The database is unreachable (refused, or silently dropped) for a while: every request
+    in that time gets 503 within about DB_TIMEOUT, none hangs or fails otherwise; afterwards the
+    service recovers by itself and the socket gets every alert exactly once, in order."""
+    pg, url = proxy
+    timeout = 1.0
+    config = make_config(url, DB_TIMEOUT=str(timeout), LISTEN_RECONNECT_MAX="0.2")
+    client = await aiohttp_client(create_app(config))
+    obj = await create_object(client)
+    watcher = Recipient(client, obj["id"])
+    await eventually(lambda: len(app_of(client)[hub_key]) == 1)
+    before = await post_alert(client, {"text": "before", "object_ids": [obj["id"]]})
+    assert before is not None
+    getattr(pg, outage)()
+    during = [
+        await timed_post(client, {"text": f"during {i}", "object_ids": [obj["id"]]})
+        for i in range(3)
+    ]
+    response = await client.get(f"/object/{obj['id']}")
+    assert response.status == 503
+    assert (await response.json())["error"] == "database_unavailable"
+    pg.restore()
+    for result, took in during:
+        assert result is None  # 503, checked by post_alert
+        assert took < 3 * timeout + 1, took  # acquire + connect + statement, each bounded
+    await eventually(lambda: app_of(client)[listener_key].ready, timeout=15)
+    after = None
+    for _ in range(20):  # the pool may hand out a dead connection or two before a live one
+        after = await post_alert(client, {"text": "after", "object_ids": [obj["id"]]})
+        if after is not None:
+            break
+    assert after is not None
+    expected = [
+        r["alert_id"]
+        for r in await db.fetch(
+            "SELECT alert_id FROM object_alerts WHERE object_id = $1 ORDER BY alert_id", obj["id"]
+        )
+    ]
+    await eventually(lambda: len(watcher.ids) >= len(expected), timeout=15)
+    await watcher.stop()
+    assert watcher.ids == expected
+    assert watcher.refusals == []

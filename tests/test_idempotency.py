@@ -7,10 +7,11 @@ import json
 from typing import Any
 
 import asyncpg
+import psycopg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from service import idempotency
+from service import idempotency, migrate
 from service.keys import db_key
 
 from .conftest import app_of, create_object
@@ -245,3 +246,17 @@ async def eventually_async(step: Any, predicate: Any, timeout: float = 5.0) -> N
             return
         assert loop.time() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+def test_migration_0003_rolls_back_and_reapplies(scratch_database: str) -> None:
+    def exists() -> bool:
+        with psycopg.connect(scratch_database) as conn:
+            row = conn.execute("SELECT to_regclass('idempotency_keys')").fetchone()
+            return row is not None and row[0] is not None
+
+    migrate.apply(scratch_database)
+    assert exists()
+    assert migrate.rollback(scratch_database, 1) == ["0003.idempotency"]
+    assert not exists()
+    assert migrate.apply(scratch_database) == ["0003.idempotency"]
+    assert exists()
