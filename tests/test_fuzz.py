@@ -281,3 +281,25 @@ def test_path_ids_that_are_not_ids(
     response = http.get(f"{api.url}/{route}/{quote(segment, safe='')}", timeout=30)
     check_response(response)
     assert response.status_code in {400, 404}
+
+
+# -- regressions found by the properties above -------------------------------------------------
+
+
+async def test_an_oversized_list_of_junk_is_refused_cheaply(make_client: Any) -> None:
+    """A 1 MB list of bad ids once cost a second of event-loop time and an 8 MB error body."""
+    client = await make_client()
+    body = {"text": "x", "object_ids": ["x"] * 200_000}
+    response = await client.post("/alert", json=body)
+    assert response.status == 422
+    raw = await response.read()
+    assert len(raw) < 1000, len(raw)
+    assert "object_ids" in (await response.json())["fields"]
+
+
+async def test_item_errors_are_capped(make_client: Any) -> None:
+    client = await make_client(ALERT_MAX_OBJECT_IDS="500")
+    response = await client.post("/alert", json={"text": "x", "object_ids": [-1] * 500})
+    assert response.status == 422
+    errors = (await response.json())["fields"]["object_ids"]
+    assert len(errors) == 20

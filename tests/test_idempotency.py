@@ -117,7 +117,8 @@ async def test_concurrent_requests_with_one_key_make_one_alert(
 async def waiting_on_lock(db: asyncpg.Connection, count: int) -> None:
     """Until `count` server transactions wait on a lock (the alert lock or a key's row)."""
     query = """SELECT count(*) FROM pg_stat_activity
-               WHERE application_name = 'inbox' AND wait_event_type = 'Lock'"""
+               WHERE application_name = 'inbox' AND datname = current_database()
+                 AND wait_event_type = 'Lock'"""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5
     while await db.fetchval(query) < count:
@@ -213,7 +214,8 @@ async def test_client_gone_mid_request_leaves_all_or_nothing(
     finally:
         await db.execute("SELECT pg_advisory_unlock($1)", ALERT_LOCK)
     busy = """SELECT count(*) FROM pg_stat_activity
-              WHERE application_name = 'inbox' AND state <> 'idle'"""
+              WHERE application_name = 'inbox' AND datname = current_database()
+                AND state <> 'idle'"""
     settled: list[int] = []
 
     async def poll() -> None:

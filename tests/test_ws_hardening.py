@@ -233,8 +233,11 @@ async def test_a_client_that_never_reads_is_closed_and_others_get_everything(
     posted: list[int] = []
     text = "z" * 100_000
     # Each frame is 100 kB: kernel buffers fill after a few dozen and the queue after four more.
+    # The reading client keeps up (each alert is awaited there before the next is posted); the
+    # other never reads, so its frames pile up: first in kernel buffers, then in its queue.
     for _ in range(300):
         posted.append((await create_alert(client, text=text, object_ids=[obj["id"]]))["id"])
+        await eventually(lambda: len(received) == len(posted))
         if any(s.overflowed for s in sessions):
             break
     overflowed = [s for s in sessions if s.overflowed]
