@@ -269,6 +269,7 @@ async def close_all_inboxes(app: web.Application) -> None:
     closers = [
         asyncio.ensure_future(ws.close(code=CLOSE_GOING_AWAY, message=b"server shutdown"))
         for ws in list(sockets)
+        if ws.prepared  # one still in its handshake is cancelled with its handler
     ]
     if closers:
         await asyncio.wait(closers, timeout=CLOSE_TIMEOUT)
