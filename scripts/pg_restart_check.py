@@ -174,14 +174,22 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=30, help="seconds to wait for delivery")
     parser.add_argument("--request-timeout", type=float, default=30)
     parser.add_argument("--restart-cmd", help="command restarting DATABASE_URL's server")
+    parser.add_argument(
+        "--down-seconds",
+        type=float,
+        default=0,
+        help="instead of a restart: stop the server, keep it down this long, start it",
+    )
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".pgdata-restart")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     database_url = os.environ.get("DATABASE_URL") or None
     restart_cmd = shlex.split(args.restart_cmd) if args.restart_cmd else None
     log_path = ROOT / "pg_restart_check.log"
-    with target(database_url, args.data_dir, restart_cmd) as pg:
-        args.description = pg.description
+    with target(database_url, args.data_dir, restart_cmd, args.down_seconds) as pg:
+        args.description = pg.description + (
+            f", down for {args.down_seconds:g}s" if args.down_seconds else ""
+        )
         with service(pg.url, log_path, LISTEN_RECONNECT_MAX="1", DB_TIMEOUT="5") as svc:
             print(f"service pid {svc.pid} at {svc.url}; log in {log_path}", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
