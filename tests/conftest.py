@@ -171,7 +171,7 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
 # share one live server per test function on purpose (the function-scoped fixture check).
 settings.register_profile(
     "inbox",
-    max_examples=120,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,
