@@ -64,7 +64,7 @@ def path_id(request: web.Request, name: str) -> int:
 
 async def create_object(request: web.Request) -> web.Response:
     data = schemas.load(
-        schemas.ObjectCreate(request.app[config_key]), await read_json_object(request)
+        schemas.object_schema(request.app[config_key]), await read_json_object(request)
     )
     row = await request.app[db_key].insert_object(data["email"], data["phone_number"])
     return json_response(schemas.dump_object(row))
@@ -83,7 +83,7 @@ async def get_object(request: web.Request) -> web.Response:
 
 async def create_alert(request: web.Request) -> web.Response:
     data = schemas.load(
-        schemas.AlertCreate(request.app[config_key]), await read_json_object(request)
+        schemas.alert_schema(request.app[config_key]), await read_json_object(request)
     )
     row = await request.app[db_key].insert_alert(data["text"], data["object_ids"])
     return json_response(schemas.dump_alert(row))

@@ -6,6 +6,7 @@ Loading a body either returns plain, normalised values for the db layer or raise
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from marshmallow import (
     fields,
     post_load,
     validate,
+    validates,
     validates_schema,
 )
 
@@ -99,10 +101,13 @@ class AlertCreate(Schema):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
-        self.fields["text"].validators.append(
-            validate.Length(min=1, max=config.alert_text_max_length)
-        )
+        self.max_text = config.alert_text_max_length
         self.max_ids = config.alert_max_object_ids
+
+    @validates("text")
+    def text_length(self, value: str, **_: Any) -> None:
+        if not 1 <= len(value) <= self.max_text:
+            raise ValidationError(f"Length must be between 1 and {self.max_text}.")
 
     @validates_schema
     def recipients(self, data: dict[str, Any], **_: Any) -> None:
@@ -121,6 +126,17 @@ class AlertCreate(Schema):
         else:
             data["object_ids"] = sorted(set(data["object_ids"]))
         return data
+
+
+@functools.cache
+def object_schema(config: Config) -> ObjectCreate:
+    """One schema instance per configuration: building one per request is wasted work."""
+    return ObjectCreate(config)
+
+
+@functools.cache
+def alert_schema(config: Config) -> AlertCreate:
+    return AlertCreate(config)
 
 
 def load(schema: Schema, body: Mapping[str, Any]) -> dict[str, Any]:
