@@ -67,6 +67,7 @@ class Listener:
         self.high_water: int | None = None  # last alert id dispatched (or known to be past)
         self.reconnects = 0
         self.dispatched = 0
+        self.recovered = 0  # alerts delivered by a catch-up rather than by a notification
         self._queue: asyncio.Queue[Notification | _CatchUp] = asyncio.Queue()
         self._listening = asyncio.Event()
         self._caught_up = asyncio.Event()
@@ -203,6 +204,7 @@ class Listener:
         for alert_id, frame, object_ids in rows:
             self.hub.publish(alert_id, frame, object_ids)
             self.dispatched += 1
+            self.recovered += 1
         if rows:
             log.info("caught up %d alert(s) after id %s", len(rows), since)
         self.high_water = max(last, since or 0)
