@@ -99,7 +99,8 @@ SETTINGS: tuple[Setting, ...] = (
         "DB_SERVER",
         "",
         str,
-        "database host name or address (or a Unix socket directory), used when DATABASE_URL is empty",
+        "database host name or address (or a Unix socket directory), used when DATABASE_URL "
+        "is empty",
     ),
     Setting("DB_PORT", "5432", _port, "database port, used with DB_SERVER"),
     Setting("DB_NAME", "", str, "database name, used when DATABASE_URL is empty"),

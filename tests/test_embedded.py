@@ -144,7 +144,7 @@ def test_signal_stops_the_service_and_its_embedded_server(tmp_path: Path, signum
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, output
-    assert "psql" in output and str(data_dir) in output  # the command to paste is printed
+    assert f'psql "postgresql://postgres:@/inbox?host={data_dir}"' in output  # ready to paste
     assert "Traceback" not in output
     assert not server_running(data_dir)
     assert json.loads((data_dir / embedded.HANDLE_LIST).read_text()) == []
