@@ -7,6 +7,7 @@ Loading a body either returns plain, normalised values for the db layer or raise
 from __future__ import annotations
 
 import functools
+from datetime import UTC, datetime
 from collections.abc import Mapping
 from typing import Any
 
@@ -151,12 +152,17 @@ def load(schema: Schema, body: Mapping[str, Any]) -> dict[str, Any]:
 # -- responses ------------------------------------------------------------------------------
 
 
+def timestamp(value: datetime) -> str:
+    """UTC with six fractional digits, the same text alert_frame() builds in PostgreSQL."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def dump_object(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "email": row["email"],
         "phone_number": row["phone_number"],
-        "created_at": row["created_at"].isoformat(),
+        "created_at": timestamp(row["created_at"]),
     }
 
 
@@ -166,7 +172,7 @@ def dump_alert(row: Mapping[str, Any]) -> dict[str, Any]:
         "text": row["text"],
         "alert_all": row["alert_all"],
         "number_of_objects_receiving_alert": row["number_of_objects_receiving_alert"],
-        "created_at": row["created_at"].isoformat(),
+        "created_at": timestamp(row["created_at"]),
     }
     if not row["alert_all"]:
         body["object_ids"] = list(row["object_ids"])

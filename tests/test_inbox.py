@@ -408,3 +408,19 @@ async def test_shutdown_closes_sockets_with_going_away(
     msg = await ws.receive(timeout=5)
     assert msg.type == WSMsgType.CLOSE
     assert msg.data == 1001
+
+
+async def test_frame_and_api_agree_on_timestamps_to_the_microsecond(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    obj = await create_object(client)
+    alert = await create_alert(client, object_ids=[obj["id"]])
+    # a created_at with trailing zeros in its fraction, and one with none at all
+    for stamp in ("2026-01-02 03:04:05.1+00", "2026-01-02 03:04:05+00"):
+        await db.execute("UPDATE alerts SET created_at = $1::text::timestamptz", stamp)
+        api = await (await client.get(f"/alert/{alert['id']}")).json()
+        ws = await connect(client, obj["id"])
+        (frame,) = await receive(ws, 1)
+        await ws.close()
+        assert frame["created_at"] == api["created_at"]
+    assert api["created_at"] == "2026-01-02T03:04:05.000000+00:00"
