@@ -7,8 +7,8 @@ Loading a body either returns plain, normalised values for the db layer or raise
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import phonenumbers
