@@ -90,6 +90,7 @@ async def listener_ctx(app: web.Application) -> AsyncIterator[None]:
         app[hub_key],
         timeout=config.db_timeout,
         reconnect_max=config.listen_reconnect_max,
+        probe_interval=config.listen_probe_interval,
     )
     app[listener_key] = listener
     listener.start()

@@ -167,6 +167,13 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds between WebSocket pings; a peer that misses a pong is closed",
     ),
     Setting(
+        "LISTEN_PROBE_INTERVAL",
+        "10",
+        _positive_float,
+        "seconds of silence after which the LISTEN connection is probed (SELECT 1); a probe that "
+        "fails or takes longer than DB_TIMEOUT counts as a lost connection",
+    ),
+    Setting(
         "LISTEN_RECONNECT_MAX",
         "5",
         _positive_float,
@@ -201,6 +208,7 @@ class Config:
     db_timeout: float
     ws_queue_size: int
     ws_heartbeat: float
+    listen_probe_interval: float
     listen_reconnect_max: float
     source: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -242,6 +250,7 @@ class Config:
             db_timeout=values["DB_TIMEOUT"],
             ws_queue_size=values["WS_QUEUE_SIZE"],
             ws_heartbeat=values["WS_HEARTBEAT"],
+            listen_probe_interval=values["LISTEN_PROBE_INTERVAL"],
             listen_reconnect_max=values["LISTEN_RECONNECT_MAX"],
             source=merged,
         )

@@ -24,6 +24,8 @@ class FaultyProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.up = True
         self.port = 0
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @property
     def url(self) -> str:
@@ -57,6 +59,11 @@ class FaultyProxy:
 
     def restore(self) -> None:
         self.up = True
+        self._flowing.set()
+
+    def freeze(self) -> None:
+        """Stop forwarding without closing anything: a network path that silently died."""
+        self._flowing.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.up:
@@ -79,6 +86,7 @@ class FaultyProxy:
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await source.read(65536):
+                await self._flowing.wait()
                 sink.write(data)
                 await sink.drain()
         sink.transport.abort()

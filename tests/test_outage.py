@@ -31,7 +31,9 @@ async def proxy(database_url: str) -> AsyncIterator[FaultyProxy]:
 
 @pytest.fixture
 async def proxied_client(aiohttp_client: Any, proxy: FaultyProxy) -> Client:
-    config = make_config(proxy.url, DB_TIMEOUT="2", LISTEN_RECONNECT_MAX="0.2")
+    config = make_config(
+        proxy.url, DB_TIMEOUT="1", LISTEN_RECONNECT_MAX="0.2", LISTEN_PROBE_INTERVAL="0.5"
+    )
     client: Client = await aiohttp_client(create_app(config))
     return client
 
@@ -95,3 +97,27 @@ async def test_alerts_committed_during_an_outage_arrive_once_afterwards(
     assert (await receive(ws, 1))[0]["id"] == after["id"]
     await assert_silent(ws)
     assert not ws.closed
+
+
+async def test_a_silently_dead_listen_connection_is_noticed(
+    proxied_client: Client, proxy: FaultyProxy, db: asyncpg.Connection
+) -> None:
+    """No reset, no error: the network path just stops. The probe notices, the listener
+    reconnects, and what was committed meanwhile is delivered."""
+    client = proxied_client
+    obj = await create_object(client)
+    ws = await connect(client, obj["id"])
+    await connected(client, obj["id"])
+    first = await create_alert(client, object_ids=[obj["id"]])
+    assert (await receive(ws, 1))[0]["id"] == first["id"]  # the backlog read is behind us
+    listener = app_of(client)[listener_key]
+    reconnects = listener.reconnects
+    proxy.freeze()
+    async with db.transaction():
+        alert_id = await db.fetchval("INSERT INTO alerts (text) VALUES ('unheard') RETURNING id")
+        await db.execute("INSERT INTO object_alerts VALUES ($1, $2)", obj["id"], alert_id)
+    await eventually(lambda: listener.reconnects > reconnects, timeout=10)
+    proxy.cut()  # the frozen connections are gone for good
+    proxy.restore()
+    (frame,) = await receive(ws, 1, timeout=10)
+    assert frame["id"] == alert_id
