@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import handlers
+from . import handlers, logs
 from .config import Config
 from .db import Database, create_pool
 from .errors import ServiceError
@@ -103,10 +103,14 @@ async def listener_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[logs.access_log_middleware, json_errors],
+        client_max_size=config.max_body_bytes,
+    )
     app[config_key] = config
     app[hub_key] = Hub()
     app[sockets_key] = set()
+    app.on_response_prepare.append(logs.add_response_headers)
     setup_routes(app)
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(listener_ctx)

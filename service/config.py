@@ -166,6 +166,18 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_float,
         "longest wait, in seconds, between attempts to re-open the LISTEN connection",
     ),
+    Setting(
+        "LOG_FORMAT",
+        "text",
+        _choice("text", "json"),
+        "log line format: text (one readable line per event) or json (one JSON object per line)",
+    ),
+    Setting(
+        "LOG_LEVEL",
+        "info",
+        _choice("debug", "info", "warning", "error"),
+        "lowest level logged: debug, info, warning or error",
+    ),
 )
 
 
@@ -196,6 +208,8 @@ class Config:
     ws_queue_size: int
     ws_heartbeat: float
     listen_reconnect_max: float
+    log_format: str = "text"
+    log_level: str = "info"
     source: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -237,6 +251,8 @@ class Config:
             ws_queue_size=values["WS_QUEUE_SIZE"],
             ws_heartbeat=values["WS_HEARTBEAT"],
             listen_reconnect_max=values["LISTEN_RECONNECT_MAX"],
+            log_format=values["LOG_FORMAT"],
+            log_level=values["LOG_LEVEL"],
             source=merged,
         )
 
