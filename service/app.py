@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import console, handlers, logs, metrics
+from . import console, handlers, logs, metrics, openapi
 from .config import Config
 from .db import Database, create_pool
 from .errors import ServiceError
@@ -65,6 +65,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", metrics.metrics_handler)
+    app.router.add_get("/openapi.json", openapi.openapi_handler)
     app.router.add_get("/", console.index)
     app.router.add_get("/static/{filename}", console.static_file)
 

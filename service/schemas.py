@@ -155,3 +155,51 @@ def dump_alert(row: Mapping[str, Any]) -> dict[str, Any]:
     if not row["alert_all"]:
         body["object_ids"] = list(row["object_ids"])
     return body
+
+
+# -- response shapes, for the OpenAPI document (the dump_* functions above build the bodies) --
+
+
+class ObjectOut(Schema):
+    id = fields.Integer(required=True)
+    email = fields.String(required=True, metadata={"description": "normalised by email-validator"})
+    phone_number = fields.String(required=True, metadata={"description": "E.164"})
+    created_at = fields.DateTime(required=True)
+
+
+class AlertFrame(Schema):
+    """One alert as an inbox WebSocket sends it: one JSON text frame per alert."""
+
+    id = fields.Integer(required=True, metadata={"description": "grows in commit order"})
+    text = fields.String(required=True)
+    alert_all = fields.Boolean(required=True)
+    number_of_objects_receiving_alert = fields.Integer(required=True)
+    created_at = fields.DateTime(required=True)
+
+
+class AlertOut(AlertFrame):
+    object_ids = fields.List(
+        fields.Integer(),
+        metadata={"description": "the existing recipients, ascending; absent when alert_all"},
+    )
+
+
+class Error(Schema):
+    """The one shape of every error answer."""
+
+    error = fields.String(required=True, metadata={"description": "stable machine-readable code"})
+    message = fields.String(required=True, metadata={"description": "for humans"})
+    fields_ = fields.Dict(
+        data_key="fields",
+        keys=fields.String(),
+        metadata={"description": "validation_failed only: the messages of each failing field"},
+    )
+
+
+class Health(Schema):
+    status = fields.String(required=True, metadata={"example": "ok"})
+
+
+class Ready(Schema):
+    status = fields.String(required=True, metadata={"description": "ready or unavailable"})
+    reasons = fields.List(fields.String(), metadata={"description": "why it is not ready"})
