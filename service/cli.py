@@ -173,6 +173,13 @@ def setup_logging(config: Config | None = None) -> None:
         logs.setup(config.log_format, config.log_level)
 
 
+def _at_least_one(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="inbox",
@@ -186,7 +193,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default: HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: PORT or 8000)")
     serve.add_argument(
-        "--workers", type=int, help="processes sharing the port (default: WORKERS or 1)"
+        "--workers",
+        type=_at_least_one,
+        help="processes sharing the port, each with its own pool and LISTEN connection "
+        "(default: WORKERS or 1)",
     )
     serve.add_argument(
         "--migrate",
