@@ -216,6 +216,9 @@ async function openInbox(objectId) {
 document.addEventListener("DOMContentLoaded", () => {
   $("#object-form").addEventListener("submit", createObject);
   $("#alert-form").addEventListener("submit", sendAlert);
+  $("#alert-all").addEventListener("change", (event) => {
+    $("#alert-ids").disabled = event.target.checked;
+  });
   $("#inbox-form").addEventListener("submit", (event) => {
     event.preventDefault();
     openInbox($("#inbox-id").value.trim());
