@@ -99,9 +99,13 @@ class AlertCreate(Schema):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
-        self.fields["text"].validators.append(
-            validate.Length(min=1, max=config.alert_text_max_length)
-        )
+        # A new list: the field is a shallow copy whose `validators` list is shared by every
+        # instance, so appending would pile up one more validator per request, process-wide.
+        text = self.fields["text"]
+        text.validators = [
+            *text.validators,
+            validate.Length(min=1, max=config.alert_text_max_length),
+        ]
         self.max_ids = config.alert_max_object_ids
 
     @validates_schema
