@@ -179,6 +179,18 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_float,
         "longest wait, in seconds, between attempts to re-open the LISTEN connection",
     ),
+    Setting(
+        "LOG_FORMAT",
+        "text",
+        _choice("text", "json"),
+        "log line format: text (one readable line per event) or json (one JSON object per line)",
+    ),
+    Setting(
+        "LOG_LEVEL",
+        "info",
+        _choice("debug", "info", "warning", "error"),
+        "lowest level logged: debug, info, warning or error",
+    ),
 )
 
 
@@ -210,6 +222,8 @@ class Config:
     ws_heartbeat: float
     listen_probe_interval: float
     listen_reconnect_max: float
+    log_format: str = "text"
+    log_level: str = "info"
     source: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -252,6 +266,8 @@ class Config:
             ws_heartbeat=values["WS_HEARTBEAT"],
             listen_probe_interval=values["LISTEN_PROBE_INTERVAL"],
             listen_reconnect_max=values["LISTEN_RECONNECT_MAX"],
+            log_format=values["LOG_FORMAT"],
+            log_level=values["LOG_LEVEL"],
             source=merged,
         )
 

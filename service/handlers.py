@@ -173,13 +173,15 @@ async def send_frames(ws: web.WebSocketResponse, session: Session, db: Database)
         page = await db.inbox_page(session.object_id, last, BACKLOG_PAGE)
         for alert_id, frame in page:
             await ws.send_str(frame)
+            session.meter.sent_backlog()
             last = alert_id
         if len(page) < BACKLOG_PAGE:
             break
     session.start_live(last)
     while True:
-        _alert_id, frame = await session.queue.get()
+        alert_id, frame = await session.queue.get()
         await ws.send_str(frame)
+        session.meter.sent(alert_id)
 
 
 async def drain_client(ws: web.WebSocketResponse) -> None:

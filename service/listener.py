@@ -169,6 +169,7 @@ class Listener:
         except (AssertionError, ValueError, KeyError, TypeError) as exc:
             log.error("ignoring malformed notification %r: %s", str(payload)[:200], exc)
             return
+        self.hub.meter.notified(notification.alert_id)
         self._queue.put_nowait(notification)
 
     # -- dispatch ---------------------------------------------------------------------------
