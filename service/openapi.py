@@ -63,6 +63,11 @@ def _json(description: str, schema: Any) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _plain(description: str, *media_types: str) -> dict[str, Any]:
+    text = {"schema": {"type": "string"}}
+    return {"description": description, "content": dict.fromkeys(media_types, text)}
+
+
 def _body(schema: Any) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
@@ -243,10 +248,7 @@ def build(config: Config) -> dict[str, Any]:
             "get": {
                 "summary": "Prometheus metrics of the process that answers",
                 "responses": {
-                    "200": {
-                        "description": "Prometheus text exposition format 0.0.4",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    "200": _plain("Prometheus text exposition format 0.0.4", "text/plain")
                 },
             }
         },
@@ -256,12 +258,7 @@ def build(config: Config) -> dict[str, Any]:
         operations={
             "get": {
                 "summary": "This document",
-                "responses": {
-                    "200": {
-                        "description": "OpenAPI 3 document",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    }
-                },
+                "responses": {"200": _json("OpenAPI 3 document", {"type": "object"})},
             }
         },
     )
@@ -270,12 +267,7 @@ def build(config: Config) -> dict[str, Any]:
         operations={
             "get": {
                 "summary": "The browser console: create objects, send alerts, watch inboxes",
-                "responses": {
-                    "200": {
-                        "description": "an HTML page",
-                        "content": {"text/html": {"schema": {"type": "string"}}},
-                    }
-                },
+                "responses": {"200": _plain("an HTML page", "text/html")},
             }
         },
     )
@@ -293,13 +285,7 @@ def build(config: Config) -> dict[str, Any]:
                     }
                 ],
                 "responses": {
-                    "200": {
-                        "description": "the file",
-                        "content": {
-                            "text/javascript": {"schema": {"type": "string"}},
-                            "text/css": {"schema": {"type": "string"}},
-                        },
-                    },
+                    "200": _plain("the file", "text/javascript", "text/css"),
                     **_errors("NotFound"),
                 },
             }
