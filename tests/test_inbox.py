@@ -424,3 +424,22 @@ async def test_frame_and_api_agree_on_timestamps_to_the_microsecond(
         await ws.close()
         assert frame["created_at"] == api["created_at"]
     assert api["created_at"] == "2026-01-02T03:04:05.000000+00:00"
+
+
+async def test_heartbeat_drops_a_peer_that_stops_answering(make_client: Any) -> None:
+    client = await make_client(WS_HEARTBEAT="0.2")
+    alive_obj, dead_obj = await create_object(client), await create_object(client)
+    alive = await connect(client, alive_obj["id"])
+    dead = await client.ws_connect(f"/inbox/{dead_obj['id']}", autoping=False)
+    hub = app_of(client)[hub_key]
+    await connected(client, alive_obj["id"])
+    await connected(client, dead_obj["id"])
+    # aiohttp's client answers pings while it reads: keep the live one reading
+    reading = asyncio.ensure_future(alive.receive(timeout=10))
+    await eventually(lambda: not hub.is_connected(dead_obj["id"]), timeout=5)
+    # the peer that answers pings is still there, several heartbeats later
+    assert hub.is_connected(alive_obj["id"])
+    alert = await create_alert(client, object_ids=[alive_obj["id"]])
+    msg = await reading
+    assert json.loads(msg.data)["id"] == alert["id"]
+    await dead.close()
