@@ -174,7 +174,8 @@ def check_socket_limits(request: web.Request, object_id: int) -> None:
 
 
 async def inbox(request: web.Request) -> web.WebSocketResponse:
-    """Frames the client sends are read and ignored (pings are answered); see drain_client."""
+    """The inbox is one-way: frames the client sends are read and ignored (pings are answered;
+    a frame over 4 KiB closes the socket with 1009, message too big)."""
     object_id = path_id(request, "object_id")
     after = parse_after(request)
     auth.check_origin(request)
@@ -187,8 +188,19 @@ async def inbox(request: web.Request) -> web.WebSocketResponse:
     # connects cannot all slip past the same check.
     check_socket_limits(request, object_id)
     ws = web.WebSocketResponse(heartbeat=config.ws_heartbeat, max_msg_size=4096)
-    overflowed = asyncio.Event()
-    session = Session(object_id, after, config.ws_queue_size, lambda _s: overflowed.set())
+    closing: list[asyncio.Task[None]] = []
+    sender: asyncio.Task[None] | None = None
+    message = b"too slow: reconnect with ?after=<last id>"
+
+    def drop_slow(session: Session) -> None:
+        log.info("inbox %s: client too slow, closing with %s", object_id, CLOSE_TOO_SLOW)
+        hub.discard(session)  # no more frames for it, whatever its close handshake takes
+        if sender is not None:
+            sender.cancel()
+        if ws.prepared:  # else it fell behind during its own handshake: see below
+            closing.append(asyncio.create_task(close(ws, request, CLOSE_TOO_SLOW, message)))
+
+    session = Session(object_id, after, config.ws_queue_size, drop_slow)
     sockets = request.app[sockets_key]
     sockets.add(ws)
     hub.add(session)  # before the backlog is read: see the module docstring
@@ -198,28 +210,22 @@ async def inbox(request: web.Request) -> web.WebSocketResponse:
         hub.discard(session)
         sockets.discard(ws)
         raise
-    sender = asyncio.create_task(send_frames(ws, session, db))
-    watchdog = asyncio.create_task(overflowed.wait())
-    reader = asyncio.create_task(drain_client(ws))
+    if session.overflowed:
+        closing.append(asyncio.create_task(close(ws, request, CLOSE_TOO_SLOW, message)))
+    else:
+        sender = asyncio.create_task(send_frames(ws, request, session, db))
     try:
-        await asyncio.wait({sender, watchdog, reader}, return_when=asyncio.FIRST_COMPLETED)
-        if overflowed.is_set():
-            log.info("inbox %s: client too slow, closing with %s", object_id, CLOSE_TOO_SLOW)
-            sender.cancel()
-            await close(ws, request, CLOSE_TOO_SLOW, b"too slow: reconnect with ?after=<last id>")
-        elif sender.done() and not sender.cancelled() and not reader.done():
-            error = sender.exception()
-            if isinstance(error, DatabaseUnavailable):
-                await close(ws, request, CLOSE_TRY_AGAIN, b"database unavailable: reconnect")
-            elif error is not None and not isinstance(error, ConnectionError):
-                log.error("inbox %s: sending failed", object_id, exc_info=error)
-                await close(ws, request, CLOSE_INTERNAL_ERROR, b"internal error")
+        # This task reads (and ignores) what the client sends, so that pongs and the close
+        # handshake are processed; the sender task writes. One socket costs two tasks.
+        async for msg in ws:
+            if msg.type == WSMsgType.ERROR:
+                break
     finally:
         hub.discard(session)
         sockets.discard(ws)
-        for task in (sender, watchdog, reader):
-            task.cancel()
-        await asyncio.gather(sender, watchdog, reader, return_exceptions=True)
+        if sender is not None:
+            sender.cancel()
+        await asyncio.gather(*(t for t in (sender, *closing) if t), return_exceptions=True)
         if not ws.closed:
             # The peer vanished without a close frame (the handler is cancelled then): closing
             # stops the heartbeat, whose timer would otherwise hold the socket, its request and
@@ -228,30 +234,32 @@ async def inbox(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def send_frames(ws: web.WebSocketResponse, session: Session, db: Database) -> None:
+async def send_frames(
+    ws: web.WebSocketResponse, request: web.Request, session: Session, db: Database
+) -> None:
     """Backlog first (in pages, oldest first), then live frames as the hub queues them."""
-    last = session.last_id
-    while True:
-        page = await db.inbox_page(session.object_id, last, BACKLOG_PAGE)
-        for alert_id, frame in page:
+    try:
+        last = session.last_id
+        while True:
+            page = await db.inbox_page(session.object_id, last, BACKLOG_PAGE)
+            for alert_id, frame in page:
+                await ws.send_str(frame)
+                session.meter.sent_backlog()
+                last = alert_id
+            if len(page) < BACKLOG_PAGE:
+                break
+        session.start_live(last)
+        while True:
+            alert_id, frame = await session.queue.get()
             await ws.send_str(frame)
-            last = alert_id
-        if len(page) < BACKLOG_PAGE:
-            break
-    session.start_live(last)
-    while True:
-        _alert_id, frame = await session.queue.get()
-        await ws.send_str(frame)
-
-
-async def drain_client(ws: web.WebSocketResponse) -> None:
-    """Read and ignore what the client sends, so pongs and the close handshake are handled.
-
-    The inbox is one-way: a client's text or binary frames have no effect (a frame over 4 KiB
-    closes the socket with 1009, message too big)."""
-    async for msg in ws:
-        if msg.type == WSMsgType.ERROR:
-            break
+            session.meter.sent(alert_id)
+    except ConnectionError:
+        pass  # the peer is gone; the reading side sees it too and ends the session
+    except DatabaseUnavailable:
+        await close(ws, request, CLOSE_TRY_AGAIN, b"database unavailable: reconnect")
+    except Exception:
+        log.exception("inbox %s: sending failed", session.object_id)
+        await close(ws, request, CLOSE_INTERNAL_ERROR, b"internal error")
 
 
 async def close(ws: web.WebSocketResponse, request: web.Request, code: int, message: bytes) -> None:

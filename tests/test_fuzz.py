@@ -266,12 +266,13 @@ def test_post_alert_never_fails_badly(
         assert after == before, "a refused alert was stored"
 
 
+# "." and ".." are not ids but path navigation: clients resolve /object/.. to / (the console).
 path_segments = (
     nasty_text
     | huge_int.map(str)
     | st.floats().map(lambda f: "nan" if math.isnan(f) else repr(f))
-    | st.sampled_from(["", " 1", "1 ", "+1", "0x10", "1e3", "١", "１", "%00", "..", "1/2", "-0"])
-)
+    | st.sampled_from(["", " 1", "1 ", "+1", "0x10", "1e3", "١", "１", "%00", "...", "1/2", "-0"])
+).filter(lambda segment: segment not in {".", ".."})
 
 
 @given(segment=path_segments, route=st.sampled_from(["object", "alert", "inbox"]))
