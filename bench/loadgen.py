@@ -137,16 +137,15 @@ async def requests_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> 
             cfg["dsn"], min_size=cfg["pool"], max_size=cfg["pool"], server_settings=SERVER_SETTINGS
         )
 
+        # The service's own statements, each its own (implicit) transaction: one round trip.
         async def raw_object(i: int) -> None:
             assert pool is not None
             email, phone = object_body(i)
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.fetchrow(Q.insert_object, email, phone)
+            await pool.fetchrow(Q.insert_object, email, phone)
 
         async def raw_alert(i: int) -> None:
             assert pool is not None
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.fetchrow(Q.insert_alert_to_ids, ALERT_TEXT, recipients())
+            await pool.fetchrow(Q.insert_alert_to_ids, ALERT_TEXT, recipients())
 
         op = raw_object if cfg["kind"] == "object" else raw_alert
     else:
@@ -335,25 +334,20 @@ async def backlog_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> d
 
 
 def _listener_process(dsn: str, channel: str, slot: int, shared: Any) -> None:
-    """One stand-in host: its own LISTEN connection, counting distinct alert ids after `go`."""
-    ready, go, stop, counts = shared
+    """One stand-in host: its own LISTEN connection, counting alert ids above the floor."""
+    ready, floor, stop, counts = shared
 
     async def run() -> None:
         conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
-        ids: set[int] = set()
-        counting = False
 
         def on_note(_c: object, _pid: int, _ch: str, payload: object) -> None:
-            if counting:
-                ids.add(orjson.loads(str(payload))["alert_id"])
-                counts[slot] = len(ids)
+            # The floor is set before the producer starts: nothing it commits can be missed.
+            if orjson.loads(str(payload))["alert_id"] > floor.value:
+                counts[slot] += 1
 
         await conn.add_listener(channel, on_note)
         ready.release()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, go.wait)
-        counting = True
-        await loop.run_in_executor(None, stop.wait)
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
         await conn.close()
 
     asyncio.run(run())
@@ -366,8 +360,9 @@ def listeners_main(cfg: dict[str, Any]) -> None:
     """
     ctx = multiprocessing.get_context("fork")
     n = cfg["n"]
-    shared = (ctx.Semaphore(0), ctx.Event(), ctx.Event(), ctx.Array("q", n, lock=False))
-    ready, go, stop, counts = shared
+    floor = ctx.Value("q", 2**62, lock=False)
+    shared = (ctx.Semaphore(0), floor, ctx.Event(), ctx.Array("q", n, lock=False))
+    ready, _floor, stop, counts = shared
     procs = [
         ctx.Process(target=_listener_process, args=(cfg["dsn"], cfg["channel"], i, shared))
         for i in range(n)
@@ -381,8 +376,8 @@ def listeners_main(cfg: dict[str, Any]) -> None:
         for _ in procs:
             await loop.run_in_executor(None, ready.acquire)
         emit("ready", pids=[p.pid for p in procs])
-        await wait_command(commands, "go")
-        go.set()
+        go = (await commands.readline()).split()  # "go <alert id floor>"
+        floor.value = int(go[1])
         start = time.monotonic()
         while (await commands.readline()).strip() == b"progress":
             emit("progress", counts=list(counts))

@@ -17,6 +17,8 @@ import orjson
 if TYPE_CHECKING:
     from .run import Results
 
+SCENARIOS = ("alert_all", "alerts", "fanout", "lock", "objects", "scaleout", "storm")
+
 COMMAND = "make bench        # or: make bench-quick; DATABASE_URL=... make bench for your server"
 
 
@@ -52,6 +54,8 @@ def extra(fig: dict[str, Any]) -> str:
 def markdown(results: Results, plot_name: str) -> str:
     m = results.machine
     mode = "quick (`make bench-quick`)" if results.plan.quick else "full (`make bench`)"
+    if results.plan.only != frozenset(SCENARIOS):
+        mode += f", only {', '.join(sorted(results.plan.only))}"
     met = sum(c["met"] for c in results.checks)
     lines = [
         "# inbox benchmark",
@@ -146,7 +150,7 @@ def write(results: Results, directory: Path) -> Path:
     png = stem.with_suffix(".png")
     plot(results, png)
     data = {
-        "plan": asdict(results.plan),
+        "plan": {**asdict(results.plan), "only": sorted(results.plan.only)},
         "machine": results.machine,
         "checks": results.checks,
         "figures": results.figures,

@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -63,6 +63,9 @@ $$
 """
 
 
+SCENARIOS = frozenset({"fanout", "objects", "alerts", "storm", "alert_all", "lock", "scaleout"})
+
+
 @dataclass(frozen=True)
 class Plan:
     """Sizes and durations; `--quick` shrinks them to a smoke run of under two minutes."""
@@ -84,13 +87,20 @@ class Plan:
     all_repeats: int = 4
     listeners: tuple[int, ...] = (1, 10, 100)
     listen_seconds: float = 3.0
+    only: frozenset[str] = SCENARIOS
+    profile: bool = False  # run the service under py-spy (its CPU then includes py-spy's)
+
+    def runs(self, name: str) -> bool:
+        return name in self.only
 
     @classmethod
-    def make(cls, quick: bool) -> Plan:
+    def make(cls, quick: bool, only: frozenset[str], workers: tuple[int, ...]) -> Plan:
         if not quick:
-            return cls(quick=False)
+            return cls(quick=False, only=only, workers=workers)
         return cls(
             quick=True,
+            only=only,
+            workers=workers,
             phase=1.5,
             fanout_k=(1_000,),
             fanout_seconds=3.0,
@@ -259,7 +269,8 @@ async def serve(
         yield Server(proc, url, name)
     finally:
         if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
+            # py-spy writes its profile on SIGINT; the service treats it like SIGTERM.
+            os.killpg(proc.pid, signal.SIGINT if "py-spy" in argv[0] else signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), 15)
             except TimeoutError:
@@ -268,8 +279,22 @@ async def serve(
                 await proc.wait()
 
 
-def service_argv(workers: int, port: int) -> list[str]:
+def service_argv(workers: int, port: int, profile: bool = False) -> list[str]:
+    """`inbox serve`; with `profile`, under py-spy (collapsed stacks in bench/results/)."""
+    spy = [
+        str(Path(sys.executable).parent / "py-spy"),
+        "record",
+        "--subprocesses",
+        "--format",
+        "raw",
+        "--rate",
+        "250",
+        "-o",
+        str(RESULTS / f"profile-workers{workers}.txt"),
+        "--",
+    ]
     return [
+        *(spy if profile else []),
         sys.executable,
         "-m",
         "service",
@@ -300,12 +325,12 @@ def postmaster_pid(backend_pid: int) -> int:
 
 async def server_facts(url: str) -> tuple[int, int]:
     conn = await asyncpg.connect(url)
-    try:
-        pid = await conn.fetchval("SELECT pg_backend_pid()")
+    try:  # the backend's parent is the postmaster; read it while the backend lives
+        postmaster = postmaster_pid(await conn.fetchval("SELECT pg_backend_pid()"))
         max_conn = int(await conn.fetchval("SHOW max_connections"))
     finally:
         await conn.close()
-    return postmaster_pid(pid), max_conn
+    return postmaster, max_conn
 
 
 @contextlib.contextmanager
@@ -870,7 +895,7 @@ class Bench:
             meter = CpuMeter({"postgres": [self.db.pg], "loadgen": [producer.tree, fleet.tree]})
             before = await last_alert_id(self.db.url)
             meter.start()
-            await fleet.send("go")
+            await fleet.send(f"go {before}")
             await producer.send("go")
             produced = await producer.finish()
             committed = await last_alert_id(self.db.url) - before
@@ -920,18 +945,29 @@ class Bench:
         env = child_env(DATABASE_URL=self.db.url)
         progress(f"starting inbox serve --workers {workers}")
         async with serve(
-            service_argv(workers, port), env, self.service_log, port, "service", "/readyz"
+            service_argv(workers, port, plan.profile),
+            env,
+            self.service_log,
+            port,
+            "service",
+            "/readyz",
         ) as server:
             for k in sorted(plan.fanout_k, reverse=True):  # the largest K on a fresh process
+                if not plan.runs("fanout"):
+                    break
                 fig = await self.fanout(server, workers, k, footprint=k == max(plan.fanout_k))
                 if k not in bare:
                     progress(f"3 fan-out K={k}: bare broadcast reference ...")
                     bare[k] = await self.bare_fanout(k)
                 self.fanout_checks(fig, bare[k], k, workers)
-            await self.scenario_objects(server, workers)
-            await self.scenario_alerts(server, workers)
-            await self.scenario_storm(server, workers)
-            await self.scenario_alert_all(server, workers)
+            if plan.runs("objects"):
+                await self.scenario_objects(server, workers)
+            if plan.runs("alerts"):
+                await self.scenario_alerts(server, workers)
+            if plan.runs("storm"):
+                await self.scenario_storm(server, workers)
+            if plan.runs("alert_all"):
+                await self.scenario_alert_all(server, workers)
 
     def fanout_checks(
         self, fig: dict[str, Any], bare: dict[str, Any], k: int, workers: int
@@ -997,8 +1033,10 @@ async def amain(plan: Plan) -> Path:
             bare: dict[int, dict[str, Any]] = {}
             for workers in plan.workers:
                 await bench.per_workers(workers, bare)
-            await bench.scenario_lock_cost()
-            await bench.scenario_scale_out()
+            if plan.runs("lock"):
+                await bench.scenario_lock_cost()
+            if plan.runs("scaleout"):
+                await bench.scenario_scale_out()
         finally:
             await drop_database(admin_url, url)
     results.machine["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -1011,6 +1049,20 @@ async def amain(plan: Plan) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smoke run of under two minutes")
+    parser.add_argument(
+        "--only",
+        default=",".join(sorted(SCENARIOS)),
+        help=f"comma-separated subset of {', '.join(sorted(SCENARIOS))} (default: all)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="record the service with py-spy (raw stacks)"
+    )
+    parser.add_argument("--workers", default="1,2", help="worker counts to serve with (1,2)")
     args = parser.parse_args(argv)
-    print(asyncio.run(amain(Plan.make(args.quick))))
+    only = frozenset(args.only.split(","))
+    if only - SCENARIOS:
+        parser.error(f"unknown scenario(s): {', '.join(sorted(only - SCENARIOS))}")
+    workers = tuple(int(w) for w in args.workers.split(","))
+    plan = replace(Plan.make(args.quick, only, workers), profile=args.profile)
+    print(asyncio.run(amain(plan)))
     return 0
