@@ -1,8 +1,9 @@
 """The database layer: the connection pool, the SQL in `sql/`, and one typed call per query.
 
 Handlers pass plain, validated values in; rows come back as dicts. Every call runs inside a
-transaction on a pooled connection. A lost or unreachable server surfaces as
-`DatabaseUnavailable` (503), never as a driver exception.
+transaction on a pooled connection: a call of one statement in that statement's own (implicit)
+transaction, one round trip in all; a call of several in an explicit one. A lost or
+unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver exception.
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ async def unavailable_as_503() -> AsyncIterator[None]:
         raise DatabaseUnavailable("the database is unreachable; retry shortly") from exc
 
 
+async def keep_session(_conn: asyncpg.Connection) -> None:
+    """Pool reset: nothing beyond what asyncpg always does (roll back an open transaction).
+
+    Pooled connections never carry session state (no SET, LISTEN, cursor or session-level
+    lock: the id lock is transaction-scoped), so the default reset query would only cost
+    one more round trip per call.
+    """
+
+
 async def create_pool(dsn: str, *, min_size: int, max_size: int, timeout: float) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         dsn,
@@ -67,6 +77,7 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, timeout: float)
         timeout=timeout,
         command_timeout=timeout,
         server_settings=SERVER_SETTINGS,
+        reset=keep_session,
     )
 
 
@@ -78,6 +89,16 @@ class Database:
         self.timeout = timeout
 
     @asynccontextmanager
+    async def connection(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        """For one statement, which is its own transaction: no BEGIN/COMMIT round trips.
+
+        For an alert that matters beyond speed: the id lock of `alerts_assign_id` is then held
+        only inside the server, never across a round trip to this process.
+        """
+        async with unavailable_as_503(), self.pool.acquire(timeout=self.timeout) as conn:
+            yield conn
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
         async with (
             unavailable_as_503(),
@@ -87,31 +108,31 @@ class Database:
             yield conn
 
     async def ping(self) -> None:
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             await conn.fetchval("SELECT 1")
 
     # -- objects --------------------------------------------------------------------------
 
     async def insert_object(self, email: str, phone_number: str) -> Row:
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(Q.insert_object, email, phone_number)
         assert row is not None
         return dict(row)
 
     async def get_object(self, object_id: int) -> Row | None:
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(Q.get_object, object_id)
         return dict(row) if row else None
 
     async def object_exists(self, object_id: int) -> bool:
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             return bool(await conn.fetchval(Q.object_exists, object_id))
 
     # -- alerts ---------------------------------------------------------------------------
 
     async def insert_alert(self, text: str, object_ids: Sequence[int] | None) -> Row:
         """Store an alert for the existing ids among `object_ids`, or for everyone if None."""
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             if object_ids is None:
                 row = await conn.fetchrow(Q.insert_alert_to_all, text)
             else:
@@ -120,7 +141,7 @@ class Database:
         return dict(row)
 
     async def get_alert(self, alert_id: int) -> Row | None:
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(Q.get_alert, alert_id)
         return dict(row) if row else None
 
@@ -128,17 +149,17 @@ class Database:
 
     async def inbox_page(self, object_id: int, after: int, limit: int) -> list[tuple[int, str]]:
         """Frames of `object_id`'s alerts with id > `after`, oldest first."""
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(Q.inbox_page, object_id, after, limit)
         return [(row["id"], row["frame"]) for row in rows]
 
     async def alert_frames(self, alert_ids: Sequence[int]) -> dict[int, str]:
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(Q.alert_frames, alert_ids)
         return {row["id"]: row["frame"] for row in rows}
 
     async def connected_recipients(self, alert_id: int, object_ids: Sequence[int]) -> list[int]:
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(Q.connected_recipients, alert_id, object_ids)
         return [row["object_id"] for row in rows]
 
