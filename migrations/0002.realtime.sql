@@ -60,6 +60,7 @@ LANGUAGE sql STABLE AS $$
         'text', a.text,
         'alert_all', a.alert_all,
         'number_of_objects_receiving_alert', a.number_of_objects_receiving_alert,
-        'created_at', a.created_at
+        -- the same text the HTTP API gives: UTC, always six fractional digits
+        'created_at', to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
     )::text
 $$;

@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import handlers
+from . import console, handlers, logs, metrics, openapi
 from .config import Config
 from .db import Database, create_pool
 from .errors import ServiceError
 from .hub import Hub
-from .keys import config_key, db_key, hub_key, listener_key, sockets_key
+from .keys import config_key, db_key, hub_key, listener_key, metrics_key, sockets_key
 from .listener import Listener
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,10 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/inbox/{object_id}", handlers.inbox)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", metrics.metrics_handler)
+    app.router.add_get("/openapi.json", openapi.openapi_handler)
+    app.router.add_get("/", console.index)
+    app.router.add_get("/static/{filename}", console.static_file)
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -90,6 +94,7 @@ async def listener_ctx(app: web.Application) -> AsyncIterator[None]:
         app[hub_key],
         timeout=config.db_timeout,
         reconnect_max=config.listen_reconnect_max,
+        probe_interval=config.listen_probe_interval,
     )
     app[listener_key] = listener
     listener.start()
@@ -103,10 +108,15 @@ async def listener_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[logs.access_log_middleware, metrics.metrics_middleware, json_errors],
+        client_max_size=config.max_body_bytes,
+    )
     app[config_key] = config
     app[hub_key] = Hub()
     app[sockets_key] = set()
+    app[metrics_key] = metrics.Metrics(app)
+    app.on_response_prepare.append(logs.add_response_headers)
     setup_routes(app)
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(listener_ctx)

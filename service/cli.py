@@ -18,7 +18,7 @@ from types import FrameType
 
 import psycopg
 
-from . import __version__, embedded, migrate
+from . import __version__, embedded, logs, migrate
 from .config import Config, ConfigError
 
 log = logging.getLogger("inbox")
@@ -108,7 +108,7 @@ def _serve_one(config: Config, reuse_port: bool) -> None:
 
 
 def _worker(config: Config) -> None:
-    setup_logging()
+    setup_logging(config)
     _serve_one(config, reuse_port=True)
 
 
@@ -164,12 +164,20 @@ def cmd_tail(config: Config, args: argparse.Namespace) -> int:
 
 # -- entry point ----------------------------------------------------------------------------
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+def setup_logging(config: Config | None = None) -> None:
+    """LOG_FORMAT and LOG_LEVEL (text at info level until the settings are read)."""
+    if config is None:
+        logs.setup()
+    else:
+        logs.setup(config.log_format, config.log_level)
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    logging.getLogger("yoyo").setLevel(logging.WARNING)
+def _at_least_one(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -185,7 +193,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default: HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: PORT or 8000)")
     serve.add_argument(
-        "--workers", type=int, help="processes sharing the port (default: WORKERS or 1)"
+        "--workers",
+        type=_at_least_one,
+        help="processes sharing the port, each with its own pool and LISTEN connection "
+        "(default: WORKERS or 1)",
     )
     serve.add_argument(
         "--migrate",
@@ -201,7 +212,7 @@ def parser() -> argparse.ArgumentParser:
     mig.set_defaults(run=cmd_migrate)
 
     tail = sub.add_parser("tail", help="print an inbox's alerts as they arrive")
-    tail.add_argument("object_id", type=int)
+    tail.add_argument("object_id", type=int, help="id of the object whose inbox to follow")
     tail.add_argument("--after", type=int, default=0, help="start after this alert id")
     tail.add_argument("--url", help="service URL (default: http://HOST:PORT)")
     tail.set_defaults(run=cmd_tail)
@@ -214,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _exit_on_sigterm()
     try:
         config = Config.from_env()
+        setup_logging(config)
         return int(args.run(config, args))
     except (ConfigError, StartupError) as exc:
         print(f"inbox: {exc}", file=sys.stderr)

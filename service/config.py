@@ -95,7 +95,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("DB_USERNAME", "", str, "database user, used when DATABASE_URL is empty"),
     Setting("DB_PASSWORD", "", str, "database password, used when DATABASE_URL is empty"),
-    Setting("DB_SERVER", "", str, "database host name or address, used when DATABASE_URL is empty"),
+    Setting(
+        "DB_SERVER",
+        "",
+        str,
+        "database host name or address (or a Unix socket directory), used when DATABASE_URL "
+        "is empty",
+    ),
     Setting("DB_PORT", "5432", _port, "database port, used with DB_SERVER"),
     Setting("DB_NAME", "", str, "database name, used when DATABASE_URL is empty"),
     Setting(
@@ -161,10 +167,29 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds between WebSocket pings; a peer that misses a pong is closed",
     ),
     Setting(
+        "LISTEN_PROBE_INTERVAL",
+        "10",
+        _positive_float,
+        "seconds of silence after which the LISTEN connection is probed (SELECT 1); a probe that "
+        "fails or takes longer than DB_TIMEOUT counts as a lost connection",
+    ),
+    Setting(
         "LISTEN_RECONNECT_MAX",
         "5",
         _positive_float,
         "longest wait, in seconds, between attempts to re-open the LISTEN connection",
+    ),
+    Setting(
+        "LOG_FORMAT",
+        "text",
+        _choice("text", "json"),
+        "log line format: text (one readable line per event) or json (one JSON object per line)",
+    ),
+    Setting(
+        "LOG_LEVEL",
+        "info",
+        _choice("debug", "info", "warning", "error"),
+        "lowest level logged: debug, info, warning or error",
     ),
 )
 
@@ -195,7 +220,10 @@ class Config:
     db_timeout: float
     ws_queue_size: int
     ws_heartbeat: float
+    listen_probe_interval: float
     listen_reconnect_max: float
+    log_format: str = "text"
+    log_level: str = "info"
     source: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -236,7 +264,10 @@ class Config:
             db_timeout=values["DB_TIMEOUT"],
             ws_queue_size=values["WS_QUEUE_SIZE"],
             ws_heartbeat=values["WS_HEARTBEAT"],
+            listen_probe_interval=values["LISTEN_PROBE_INTERVAL"],
             listen_reconnect_max=values["LISTEN_RECONNECT_MAX"],
+            log_format=values["LOG_FORMAT"],
+            log_level=values["LOG_LEVEL"],
             source=merged,
         )
 
@@ -256,8 +287,62 @@ def _database_url(values: Mapping[str, Any]) -> str | None:
     password = quote(values["DB_PASSWORD"], safe="")
     credentials = f"{user}:{password}@" if password else (f"{user}@" if user else "")
     host = values["DB_SERVER"] or "localhost"
+    name = quote(values["DB_NAME"], safe="")
+    if host.startswith("/"):  # a Unix socket directory, as libpq allows
+        query = f"host={quote(host, safe='/')}&port={values['DB_PORT']}"
+        return f"postgresql://{credentials}/{name}?{query}"
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return (
-        f"postgresql://{credentials}{host}:{values['DB_PORT']}/{quote(values['DB_NAME'], safe='')}"
-    )
+    return f"postgresql://{credentials}{host}:{values['DB_PORT']}/{name}"
+
+
+# -- documentation generated from SETTINGS (`make docs`; the tests check it is current) ------
+
+_EXAMPLES = {
+    "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/inbox",
+    "DB_USERNAME": "postgres",
+    "DB_PASSWORD": "secret",
+    "DB_SERVER": "127.0.0.1",
+    "DB_NAME": "inbox",
+    "LISTEN_DATABASE_URL": "postgresql://postgres@primary.internal:5432/inbox",
+}
+
+
+def settings_table() -> str:
+    rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else ""
+        rows.append(f"| `{s.env}` | {default} | {s.help} |")
+    return "\n".join(rows) + "\n"
+
+
+def env_example() -> str:
+    import textwrap
+
+    lines = [
+        "# Settings of the inbox service. Copy to .env (or export them); the environment wins.",
+        "# With no DATABASE_URL and no DB_* set, the service runs its own embedded PostgreSQL.",
+        "# Generated from service/config.py by `make docs`.",
+        "",
+    ]
+    for s in SETTINGS:
+        lines += [f"# {line}" for line in textwrap.wrap(s.help, 94)]
+        example = _EXAMPLES.get(s.env)
+        lines.append(f"# {s.env}={example}" if example else f"{s.env}={s.default}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_docs(root: Path) -> None:
+    """Rewrite .env.example and the README's settings table from SETTINGS."""
+    (root / ".env.example").write_text(env_example())
+    readme = root / "README.md"
+    start, end = "<!-- settings-table:start -->\n", "<!-- settings-table:end -->"
+    text = readme.read_text()
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    readme.write_text(head + start + settings_table() + end + tail)
+
+
+if __name__ == "__main__":
+    write_docs(Path.cwd())

@@ -145,6 +145,11 @@ class Database:
             row = await conn.fetchrow(Q.get_alert, alert_id)
         return dict(row) if row else None
 
+    async def notification_queue_usage(self) -> float:
+        """The fraction of the server's NOTIFY queue in use (read by /metrics)."""
+        async with self.connection() as conn:
+            return float(await conn.fetchval(Q.notification_queue_usage))
+
     # -- the real-time path ---------------------------------------------------------------
 
     async def inbox_page(self, object_id: int, after: int, limit: int) -> list[tuple[int, str]]:

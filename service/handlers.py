@@ -64,7 +64,7 @@ def path_id(request: web.Request, name: str) -> int:
 
 async def create_object(request: web.Request) -> web.Response:
     data = schemas.load(
-        schemas.ObjectCreate(request.app[config_key]), await read_json_object(request)
+        schemas.object_schema(request.app[config_key]), await read_json_object(request)
     )
     row = await request.app[db_key].insert_object(data["email"], data["phone_number"])
     return json_response(schemas.dump_object(row))
@@ -83,7 +83,7 @@ async def get_object(request: web.Request) -> web.Response:
 
 async def create_alert(request: web.Request) -> web.Response:
     data = schemas.load(
-        schemas.AlertCreate(request.app[config_key]), await read_json_object(request)
+        schemas.alert_schema(request.app[config_key]), await read_json_object(request)
     )
     row = await request.app[db_key].insert_alert(data["text"], data["object_ids"])
     return json_response(schemas.dump_alert(row))
@@ -136,57 +136,60 @@ async def inbox(request: web.Request) -> web.WebSocketResponse:
 
     ws = web.WebSocketResponse(heartbeat=config.ws_heartbeat, max_msg_size=4096)
     await ws.prepare(request)
-    overflowed = asyncio.Event()
-    session = Session(object_id, after, config.ws_queue_size, lambda _s: overflowed.set())
+    closing: list[asyncio.Task[None]] = []
+
+    def drop_slow(session: Session) -> None:
+        log.info("inbox %s: client too slow, closing with %s", object_id, CLOSE_TOO_SLOW)
+        hub.discard(session)  # no more frames for it, whatever its close handshake takes
+        sender.cancel()
+        message = b"too slow: reconnect with ?after=<last id>"
+        closing.append(asyncio.create_task(close(ws, request, CLOSE_TOO_SLOW, message)))
+
+    session = Session(object_id, after, config.ws_queue_size, drop_slow)
     sockets = request.app[sockets_key]
     sockets.add(ws)
     hub.add(session)  # before the backlog is read: see the module docstring
-    sender = asyncio.create_task(send_frames(ws, session, db))
-    watchdog = asyncio.create_task(overflowed.wait())
-    reader = asyncio.create_task(drain_client(ws))
+    sender = asyncio.create_task(send_frames(ws, request, session, db))
     try:
-        await asyncio.wait({sender, watchdog, reader}, return_when=asyncio.FIRST_COMPLETED)
-        if overflowed.is_set():
-            log.info("inbox %s: client too slow, closing with %s", object_id, CLOSE_TOO_SLOW)
-            sender.cancel()
-            await close(ws, request, CLOSE_TOO_SLOW, b"too slow: reconnect with ?after=<last id>")
-        elif sender.done() and not sender.cancelled() and not reader.done():
-            error = sender.exception()
-            if isinstance(error, DatabaseUnavailable):
-                await close(ws, request, CLOSE_TRY_AGAIN, b"database unavailable: reconnect")
-            elif error is not None and not isinstance(error, ConnectionError):
-                log.error("inbox %s: sending failed", object_id, exc_info=error)
-                await close(ws, request, CLOSE_INTERNAL_ERROR, b"internal error")
+        # This task reads (and ignores) what the client sends, so that pongs and the close
+        # handshake are processed; the sender task writes. One socket costs two tasks.
+        async for msg in ws:
+            if msg.type == WSMsgType.ERROR:
+                break
     finally:
         hub.discard(session)
         sockets.discard(ws)
-        for task in (sender, watchdog, reader):
-            task.cancel()
-        await asyncio.gather(sender, watchdog, reader, return_exceptions=True)
+        sender.cancel()
+        await asyncio.gather(sender, *closing, return_exceptions=True)
     return ws
 
 
-async def send_frames(ws: web.WebSocketResponse, session: Session, db: Database) -> None:
+async def send_frames(
+    ws: web.WebSocketResponse, request: web.Request, session: Session, db: Database
+) -> None:
     """Backlog first (in pages, oldest first), then live frames as the hub queues them."""
-    last = session.last_id
-    while True:
-        page = await db.inbox_page(session.object_id, last, BACKLOG_PAGE)
-        for alert_id, frame in page:
+    try:
+        last = session.last_id
+        while True:
+            page = await db.inbox_page(session.object_id, last, BACKLOG_PAGE)
+            for alert_id, frame in page:
+                await ws.send_str(frame)
+                session.meter.sent_backlog()
+                last = alert_id
+            if len(page) < BACKLOG_PAGE:
+                break
+        session.start_live(last)
+        while True:
+            alert_id, frame = await session.queue.get()
             await ws.send_str(frame)
-            last = alert_id
-        if len(page) < BACKLOG_PAGE:
-            break
-    session.start_live(last)
-    while True:
-        _alert_id, frame = await session.queue.get()
-        await ws.send_str(frame)
-
-
-async def drain_client(ws: web.WebSocketResponse) -> None:
-    """Read and ignore what the client sends, so pongs and the close handshake are handled."""
-    async for msg in ws:
-        if msg.type == WSMsgType.ERROR:
-            break
+            session.meter.sent(alert_id)
+    except ConnectionError:
+        pass  # the peer is gone; the reading side sees it too and ends the session
+    except DatabaseUnavailable:
+        await close(ws, request, CLOSE_TRY_AGAIN, b"database unavailable: reconnect")
+    except Exception:
+        log.exception("inbox %s: sending failed", session.object_id)
+        await close(ws, request, CLOSE_INTERNAL_ERROR, b"internal error")
 
 
 async def close(ws: web.WebSocketResponse, request: web.Request, code: int, message: bytes) -> None:

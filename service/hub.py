@@ -16,6 +16,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
+from .meter import Meter
+
 log = logging.getLogger(__name__)
 
 CLOSE_TOO_SLOW = 4008
@@ -30,6 +32,8 @@ class Session:
     Until its backlog has been read (`start_live`), live frames wait in `pending`; afterwards
     they go straight to `queue`. Both are bounded by `limit`.
     """
+
+    meter = Meter()  # the hub's own replaces it in Hub.add
 
     def __init__(
         self, object_id: int, after: int, limit: int, on_overflow: Callable[[Session], None]
@@ -70,6 +74,7 @@ class Session:
 
     def _overflow(self) -> None:
         self.overflowed = True
+        self.meter.dropped_slow += 1
         self._on_overflow(self)
 
 
@@ -78,11 +83,13 @@ class Hub:
 
     def __init__(self) -> None:
         self._by_object: dict[int, set[Session]] = {}
+        self.meter = Meter()  # counters read by /metrics
 
     def __len__(self) -> int:
         return sum(len(sessions) for sessions in self._by_object.values())
 
     def add(self, session: Session) -> None:
+        session.meter = self.meter
         self._by_object.setdefault(session.object_id, set()).add(session)
 
     def discard(self, session: Session) -> None:

@@ -42,11 +42,11 @@ class Notification:
     object_ids: list[int] | None  # None: too many to list in the payload, look them up
 
 
+@dataclass(frozen=True, slots=True)
 class _CatchUp:
     """Queue marker: read what was committed while this process was not listening."""
 
-
-_CATCH_UP = _CatchUp()
+    generation: int  # which connection queued it; only the current one may report "ready"
 
 
 class Listener:
@@ -58,15 +58,19 @@ class Listener:
         *,
         timeout: float = 5.0,
         reconnect_max: float = 5.0,
+        probe_interval: float = 10.0,
     ) -> None:
         self.dsn = dsn
         self.db = db
         self.hub = hub
         self.timeout = timeout
         self.reconnect_max = reconnect_max
+        self.probe_interval = probe_interval
+        self._generation = 0
         self.high_water: int | None = None  # last alert id dispatched (or known to be past)
         self.reconnects = 0
         self.dispatched = 0
+        self.recovered = 0  # alerts delivered by a catch-up rather than by a notification
         self._queue: asyncio.Queue[Notification | _CatchUp] = asyncio.Queue()
         self._listening = asyncio.Event()
         self._caught_up = asyncio.Event()
@@ -125,14 +129,21 @@ class Listener:
             self.dsn, timeout=self.timeout, server_settings=SERVER_SETTINGS
         )
         self._conn = conn
+        self._generation += 1
         lost = self._lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         # Queued before LISTEN: no notification received on this connection can overtake it.
-        self._queue.put_nowait(_CATCH_UP)
+        self._queue.put_nowait(_CatchUp(self._generation))
         await conn.add_listener(CHANNEL, self._on_notification)
         self._listening.set()
         log.info("listening on channel %r", CHANNEL)
-        await lost.wait()
+        while not lost.is_set():
+            # A connection can also die silently (a dropped network path sends no reset):
+            # probe it now and then, and treat a probe that fails or hangs as a lost connection.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), self.probe_interval)
+                break
+            await conn.fetchval("SELECT 1", timeout=self.timeout)
         log.warning("LISTEN connection lost")
 
     async def _close_connection(self) -> None:
@@ -158,6 +169,7 @@ class Listener:
         except (AssertionError, ValueError, KeyError, TypeError) as exc:
             log.error("ignoring malformed notification %r: %s", str(payload)[:200], exc)
             return
+        self.hub.meter.notified(notification.alert_id)
         self._queue.put_nowait(notification)
 
     # -- dispatch ---------------------------------------------------------------------------
@@ -167,7 +179,7 @@ class Listener:
             first = await self._queue.get()
             try:
                 if isinstance(first, _CatchUp):
-                    await self._catch_up()
+                    await self._catch_up(first)
                     continue
                 batch = [first]
                 while len(batch) < BATCH and not self._queue.empty():
@@ -175,7 +187,7 @@ class Listener:
                     if isinstance(item, _CatchUp):
                         await self._dispatch(batch)
                         batch = []
-                        await self._catch_up()
+                        await self._catch_up(item)
                         break
                     batch.append(item)
                 if batch:
@@ -191,7 +203,7 @@ class Listener:
         while not self._queue.empty():
             self._queue.get_nowait()
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, marker: _CatchUp) -> None:
         await self._listening.wait()
         since = self.high_water
         if since is None:
@@ -203,10 +215,12 @@ class Listener:
         for alert_id, frame, object_ids in rows:
             self.hub.publish(alert_id, frame, object_ids)
             self.dispatched += 1
+            self.recovered += 1
         if rows:
             log.info("caught up %d alert(s) after id %s", len(rows), since)
         self.high_water = max(last, since or 0)
-        self._caught_up.set()
+        if marker.generation == self._generation and self._listening.is_set():
+            self._caught_up.set()
 
     async def _dispatch(self, batch: list[Notification]) -> None:
         high_water = self.high_water or 0

@@ -6,7 +6,9 @@ Loading a body either returns plain, normalised values for the db layer or raise
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import phonenumbers
@@ -99,9 +101,13 @@ class AlertCreate(Schema):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
-        self.fields["text"].validators.append(
-            validate.Length(min=1, max=config.alert_text_max_length)
-        )
+        # A new list: the field is a shallow copy whose `validators` list is shared by every
+        # instance, so appending would pile up one more validator per request, process-wide.
+        text = self.fields["text"]
+        text.validators = [
+            *text.validators,
+            validate.Length(min=1, max=config.alert_text_max_length),
+        ]
         self.max_ids = config.alert_max_object_ids
 
     @validates_schema
@@ -123,6 +129,17 @@ class AlertCreate(Schema):
         return data
 
 
+@functools.cache
+def object_schema(config: Config) -> ObjectCreate:
+    """One schema instance per configuration: building one per request is wasted work."""
+    return ObjectCreate(config)
+
+
+@functools.cache
+def alert_schema(config: Config) -> AlertCreate:
+    return AlertCreate(config)
+
+
 def load(schema: Schema, body: Mapping[str, Any]) -> dict[str, Any]:
     try:
         result: dict[str, Any] = schema.load(body)
@@ -135,12 +152,17 @@ def load(schema: Schema, body: Mapping[str, Any]) -> dict[str, Any]:
 # -- responses ------------------------------------------------------------------------------
 
 
+def timestamp(value: datetime) -> str:
+    """UTC with six fractional digits, the same text alert_frame() builds in PostgreSQL."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def dump_object(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "email": row["email"],
         "phone_number": row["phone_number"],
-        "created_at": row["created_at"].isoformat(),
+        "created_at": timestamp(row["created_at"]),
     }
 
 
@@ -150,8 +172,56 @@ def dump_alert(row: Mapping[str, Any]) -> dict[str, Any]:
         "text": row["text"],
         "alert_all": row["alert_all"],
         "number_of_objects_receiving_alert": row["number_of_objects_receiving_alert"],
-        "created_at": row["created_at"].isoformat(),
+        "created_at": timestamp(row["created_at"]),
     }
     if not row["alert_all"]:
         body["object_ids"] = list(row["object_ids"])
     return body
+
+
+# -- response shapes, for the OpenAPI document (the dump_* functions above build the bodies) --
+
+
+class ObjectOut(Schema):
+    id = fields.Integer(required=True)
+    email = fields.String(required=True, metadata={"description": "normalised by email-validator"})
+    phone_number = fields.String(required=True, metadata={"description": "E.164"})
+    created_at = fields.DateTime(required=True)
+
+
+class AlertFrame(Schema):
+    """One alert as an inbox WebSocket sends it: one JSON text frame per alert."""
+
+    id = fields.Integer(required=True, metadata={"description": "grows in commit order"})
+    text = fields.String(required=True)
+    alert_all = fields.Boolean(required=True)
+    number_of_objects_receiving_alert = fields.Integer(required=True)
+    created_at = fields.DateTime(required=True)
+
+
+class AlertOut(AlertFrame):
+    object_ids = fields.List(
+        fields.Integer(),
+        metadata={"description": "the existing recipients, ascending; absent when alert_all"},
+    )
+
+
+class Error(Schema):
+    """The one shape of every error answer."""
+
+    error = fields.String(required=True, metadata={"description": "stable machine-readable code"})
+    message = fields.String(required=True, metadata={"description": "for humans"})
+    fields_ = fields.Dict(
+        data_key="fields",
+        keys=fields.String(),
+        metadata={"description": "validation_failed only: the messages of each failing field"},
+    )
+
+
+class Health(Schema):
+    status = fields.String(required=True, metadata={"example": "ok"})
+
+
+class Ready(Schema):
+    status = fields.String(required=True, metadata={"description": "ready or unavailable"})
+    reasons = fields.List(fields.String(), metadata={"description": "why it is not ready"})

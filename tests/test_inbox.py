@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient
 
-from service.keys import hub_key
+from service.keys import hub_key, listener_key
 
 from .conftest import app_of, create_alert, create_object, eventually
 
@@ -67,3 +69,377 @@ async def test_backlog_then_live(client: Client) -> None:
     }
     await assert_silent(ws)
     await ws.close()
+
+
+async def test_unknown_object_is_404_before_upgrade(client: Client) -> None:
+    response = await client.get("/inbox/424242")
+    assert response.status == 404
+    assert (await response.json())["error"] == "not_found"
+    response = await client.get("/inbox/nope")
+    assert response.status == 404
+
+
+@pytest.mark.parametrize("after", ["-1", "abc", "1.5", "", "99999999999999999999999"])
+async def test_malformed_after_is_400_before_upgrade(client: Client, after: str) -> None:
+    obj = await create_object(client)
+    response = await client.get(f"/inbox/{obj['id']}", params={"after": after})
+    assert response.status == 400
+    assert (await response.json())["error"] == "malformed_request"
+
+
+async def test_several_sockets_on_one_object_each_get_everything(client: Client) -> None:
+    obj = await create_object(client)
+    other = await create_object(client)
+    sockets = [await connect(client, obj["id"]) for _ in range(3)]
+    bystander = await connect(client, other["id"])
+    await connected(client, obj["id"], 3)
+    alerts = [await create_alert(client, text=f"n{i}", object_ids=[obj["id"]]) for i in range(5)]
+    for ws in sockets:
+        assert [f["id"] for f in await receive(ws, 5)] == [a["id"] for a in alerts]
+        await assert_silent(ws, 0.05)
+    await assert_silent(bystander)
+
+
+async def test_alert_all_reaches_every_connected_object(client: Client) -> None:
+    objects = [await create_object(client) for _ in range(4)]
+    sockets = [await connect(client, o["id"]) for o in objects]
+    for o in objects:
+        await connected(client, o["id"])
+    alert = await create_alert(client, alert_all=True)
+    for ws in sockets:
+        (frame,) = await receive(ws, 1)
+        assert frame["id"] == alert["id"]
+        assert frame["alert_all"] is True
+        assert frame["number_of_objects_receiving_alert"] == 4
+
+
+async def test_frames_never_carry_other_recipients(client: Client) -> None:
+    a, b = await create_object(client), await create_object(client)
+    ws = await connect(client, a["id"])
+    await connected(client, a["id"])
+    await create_alert(client, object_ids=[a["id"], b["id"]])
+    (frame,) = await receive(ws, 1)
+    assert set(frame) == {
+        "id",
+        "text",
+        "alert_all",
+        "number_of_objects_receiving_alert",
+        "created_at",
+    }
+
+
+async def test_alert_to_5000_objects_uses_the_marker_and_is_delivered(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    """More recipients than fit a NOTIFY payload: the listener looks them up instead."""
+    await db.execute(
+        "INSERT INTO objects (email, phone_number) "
+        "SELECT 'user' || g || '@example.com', '+12125551234' FROM generate_series(1, 5000) g"
+    )
+    ids = [r["id"] for r in await db.fetch("SELECT id FROM objects ORDER BY id")]
+    watched = [ids[0], ids[2500], ids[-1]]
+    sockets = [await connect(client, i) for i in watched]
+    for i in watched:
+        await connected(client, i)
+    notes: asyncio.Queue[str] = asyncio.Queue()
+    await db.add_listener("alerts", lambda *args: notes.put_nowait(args[-1]))
+    alert = await create_alert(client, object_ids=ids)
+    assert alert["number_of_objects_receiving_alert"] == 5000
+    payload = json.loads(await asyncio.wait_for(notes.get(), 5))
+    assert payload == {"alert_id": alert["id"], "object_ids": None}
+    for ws in sockets:
+        (frame,) = await receive(ws, 1)
+        assert frame["id"] == alert["id"]
+
+
+async def test_notification_payload_lists_recipients(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    """What a DBA running LISTEN alerts; sees: one notification per alert, at commit."""
+    a, b = await create_object(client), await create_object(client)
+    notes: asyncio.Queue[str] = asyncio.Queue()
+    await db.add_listener("alerts", lambda *args: notes.put_nowait(args[-1]))
+    alert = await create_alert(client, object_ids=[b["id"], a["id"], 999])
+    payload = json.loads(await asyncio.wait_for(notes.get(), 5))
+    assert payload == {"alert_id": alert["id"], "object_ids": sorted([a["id"], b["id"]])}
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(notes.get(), QUIET)  # exactly one per alert, not one per row
+
+
+async def test_alert_written_by_hand_in_sql_reaches_the_socket(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    obj = await create_object(client)
+    ws = await connect(client, obj["id"])
+    await connected(client, obj["id"])
+    async with db.transaction():
+        alert_id = await db.fetchval(
+            "INSERT INTO alerts (text, number_of_objects_receiving_alert) "
+            "VALUES ('by hand', 1) RETURNING id"
+        )
+        await db.execute(
+            "INSERT INTO object_alerts (object_id, alert_id) VALUES ($1, $2)", obj["id"], alert_id
+        )
+        # NOTIFY is delivered at COMMIT: nothing may arrive before it.
+        await assert_silent(ws, 0.2)
+    (frame,) = await receive(ws, 1)
+    assert frame["id"] == alert_id
+    assert frame["text"] == "by hand"
+
+
+async def test_rolled_back_alert_is_never_sent(client: Client, db: asyncpg.Connection) -> None:
+    obj = await create_object(client)
+    ws = await connect(client, obj["id"])
+    await connected(client, obj["id"])
+    tx = db.transaction()
+    await tx.start()
+    alert_id = await db.fetchval("INSERT INTO alerts (text) VALUES ('never') RETURNING id")
+    await db.execute("INSERT INTO object_alerts VALUES ($1, $2)", obj["id"], alert_id)
+    await tx.rollback()
+    await assert_silent(ws)
+    later = await create_alert(client, object_ids=[obj["id"]])
+    (frame,) = await receive(ws, 1)
+    assert frame["id"] == later["id"]
+
+
+async def test_ids_follow_commit_order(database_url: str, client: Client) -> None:
+    """A second writer waits for the first to commit before drawing its id (0002's trigger).
+
+    Without the advisory lock the second transaction would get a higher id and commit first,
+    and "send everything after id N" would skip the first alert.
+    """
+    first = await asyncpg.connect(database_url)
+    second = await asyncpg.connect(database_url)
+    try:
+        tx = first.transaction()
+        await tx.start()
+        first_id = await first.fetchval("INSERT INTO alerts (text) VALUES ('first') RETURNING id")
+        blocked = asyncio.ensure_future(
+            second.fetchval("INSERT INTO alerts (text) VALUES ('second') RETURNING id")
+        )
+        done, _ = await asyncio.wait({blocked}, timeout=QUIET)
+        assert not done, "the second writer drew an id while the first was uncommitted"
+        await tx.commit()
+        second_id = await asyncio.wait_for(blocked, 5)
+        assert second_id > first_id
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_resume_with_after_skips_what_was_received(client: Client) -> None:
+    obj = await create_object(client)
+    alerts = [await create_alert(client, text=f"n{i}", object_ids=[obj["id"]]) for i in range(5)]
+    ws = await connect(client, obj["id"], after=alerts[2]["id"])
+    assert [f["id"] for f in await receive(ws, 2)] == [a["id"] for a in alerts[3:]]
+    await assert_silent(ws)
+
+
+async def test_resume_under_concurrent_writes_is_exactly_once(client: Client) -> None:
+    """A client drops and resumes with ?after= while a writer keeps creating alerts."""
+    obj = await create_object(client)
+    total = 60
+    writer_done = asyncio.Event()
+
+    async def writer() -> list[int]:
+        ids = []
+        for i in range(total):
+            ids.append((await create_alert(client, text=f"w{i}", object_ids=[obj["id"]]))["id"])
+        writer_done.set()
+        return ids
+
+    received: list[int] = []
+    writing = asyncio.ensure_future(writer())
+    while not (writer_done.is_set() and len(received) == total):
+        after = received[-1] if received else 0
+        ws = await connect(client, obj["id"], after=after)
+        # take a few frames, then drop the connection abruptly
+        for _ in range(7):
+            try:
+                msg = await ws.receive(timeout=1.0 if writer_done.is_set() else 5.0)
+            except TimeoutError:
+                break
+            if msg.type != WSMsgType.TEXT:
+                break
+            received.append(json.loads(msg.data)["id"])
+        await ws.close()
+    ids = await writing
+    assert received == ids  # every alert, once, in order
+
+
+async def test_listener_reconnects_and_catches_up(client: Client, db: asyncpg.Connection) -> None:
+    """The LISTEN connection is killed repeatedly while alerts keep coming.
+
+    Alerts committed while it is down can only arrive through the catch-up; nothing is lost
+    or doubled."""
+    obj = await create_object(client)
+    ws = await connect(client, obj["id"])
+    await connected(client, obj["id"])
+    listener = app_of(client)[listener_key]
+    sent: list[int] = []
+    for round_ in range(5):
+        killed = await db.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
+        )
+        assert killed == 1
+        for i in range(5):  # written while the listener is down or reconnecting
+            sent.append(
+                (await create_alert(client, text=f"r{round_}.{i}", object_ids=[obj["id"]]))["id"]
+            )
+        await eventually(lambda: listener.ready)
+    frames = await receive(ws, len(sent))
+    assert [f["id"] for f in frames] == sent
+    await assert_silent(ws)
+    assert listener.reconnects >= 5
+    assert listener.recovered > 0, "no alert was committed while the listener was down"
+
+
+async def test_readiness_reports_a_lost_listener(client: Client, db: asyncpg.Connection) -> None:
+    response = await client.get("/readyz")
+    assert response.status == 200
+    listener = app_of(client)[listener_key]
+    await db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
+    )
+    await eventually(lambda: not listener.ready)
+    response = await client.get("/readyz")
+    # The listener may already be back; when it is not, readiness must say so.
+    if not listener.ready:
+        assert response.status == 503
+        assert any("listener" in r for r in (await response.json())["reasons"])
+    await eventually(lambda: listener.ready)
+    assert (await client.get("/readyz")).status == 200
+
+
+async def test_concurrent_alerts_while_clients_come_and_go(client: Client) -> None:
+    """200 alerts posted concurrently; clients connect, drop and resume at random meanwhile.
+    Every client ends with every alert for its object exactly once, in id order."""
+    rng = random.Random(7)
+    objects = [(await create_object(client))["id"] for _ in range(4)]
+    plan = [rng.sample(objects, rng.randint(1, 3)) for _ in range(200)]
+    expected: dict[int, list[int]] = {o: [] for o in objects}
+    posting_done = asyncio.Event()
+
+    async def post(recipients: list[int]) -> None:
+        alert = await create_alert(client, object_ids=recipients)
+        for o in recipients:
+            expected[o].append(alert["id"])
+
+    async def poster() -> None:
+        sem = asyncio.Semaphore(20)
+
+        async def one(recipients: list[int]) -> None:
+            async with sem:
+                await post(recipients)
+
+        await asyncio.gather(*(one(r) for r in plan))
+        posting_done.set()
+
+    async def follower(object_id: int, seed: int) -> list[int]:
+        r = random.Random(seed)
+        got: list[int] = []
+        while True:
+            ws = await connect(client, object_id, after=got[-1] if got else 0)
+            budget = r.randint(1, 30)
+            while budget:
+                try:
+                    msg = await ws.receive(timeout=0.5 if posting_done.is_set() else 5)
+                except TimeoutError:
+                    break
+                assert msg.type == WSMsgType.TEXT
+                got.append(json.loads(msg.data)["id"])
+                budget -= 1
+            await ws.close()
+            if posting_done.is_set() and budget:
+                return got
+
+    followers = [asyncio.ensure_future(follower(o, i)) for i, o in enumerate(objects * 2)]
+    await poster()
+    results = await asyncio.gather(*followers)
+    for object_id, got in zip(objects * 2, results, strict=True):
+        assert got == sorted(expected[object_id]), f"object {object_id}"
+
+
+async def test_slow_client_is_dropped_without_hurting_others(make_client: Any) -> None:
+    client = await make_client(WS_QUEUE_SIZE="4", ALERT_TEXT_MAX_LENGTH="60000")
+    obj = await create_object(client)
+    slow = await connect(client, obj["id"])
+    fast = await connect(client, obj["id"])
+    await connected(client, obj["id"], 2)
+    slow_transport = slow._response.connection.transport  # type: ignore[union-attr]
+    slow_transport.pause_reading()  # a client that stops reading its socket
+    hub = app_of(client)[hub_key]
+    posted: list[int] = []
+    text = "x" * 60000
+    for _ in range(400):
+        posted.append((await create_alert(client, text=text, object_ids=[obj["id"]]))["id"])
+        got = await receive(fast, 1)
+        assert got[0]["id"] == posted[-1]
+        if hub.count_for(obj["id"]) == 1:
+            break
+    else:
+        pytest.fail("the stalled client was never dropped")
+    slow_transport.resume_reading()
+    closing = None
+    while closing is None:
+        msg = await slow.receive(timeout=5)
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
+            closing = msg
+    assert slow.close_code == 4008
+    # the healthy client keeps receiving
+    later = await create_alert(client, text="after", object_ids=[obj["id"]])
+    assert (await receive(fast, 1))[0]["id"] == later["id"]
+
+
+async def test_shutdown_closes_sockets_with_going_away(
+    aiohttp_client: Any, database_url: str
+) -> None:
+    from service.app import create_app
+
+    from .conftest import make_config
+
+    client = await aiohttp_client(create_app(make_config(database_url)))
+    obj = await create_object(client)
+    ws = await connect(client, obj["id"])
+    await connected(client, obj["id"])
+    await client.server.close()
+    msg = await ws.receive(timeout=5)
+    assert msg.type == WSMsgType.CLOSE
+    assert msg.data == 1001
+
+
+async def test_frame_and_api_agree_on_timestamps_to_the_microsecond(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    obj = await create_object(client)
+    alert = await create_alert(client, object_ids=[obj["id"]])
+    # a created_at with trailing zeros in its fraction, and one with none at all
+    for stamp in ("2026-01-02 03:04:05.1+00", "2026-01-02 03:04:05+00"):
+        await db.execute("UPDATE alerts SET created_at = $1::text::timestamptz", stamp)
+        api = await (await client.get(f"/alert/{alert['id']}")).json()
+        ws = await connect(client, obj["id"])
+        (frame,) = await receive(ws, 1)
+        await ws.close()
+        assert frame["created_at"] == api["created_at"]
+    assert api["created_at"] == "2026-01-02T03:04:05.000000+00:00"
+
+
+async def test_heartbeat_drops_a_peer_that_stops_answering(make_client: Any) -> None:
+    client = await make_client(WS_HEARTBEAT="0.2")
+    alive_obj, dead_obj = await create_object(client), await create_object(client)
+    alive = await connect(client, alive_obj["id"])
+    dead = await client.ws_connect(f"/inbox/{dead_obj['id']}", autoping=False)
+    hub = app_of(client)[hub_key]
+    await connected(client, alive_obj["id"])
+    await connected(client, dead_obj["id"])
+    # aiohttp's client answers pings while it reads: keep the live one reading
+    reading = asyncio.ensure_future(alive.receive(timeout=10))
+    await eventually(lambda: not hub.is_connected(dead_obj["id"]), timeout=5)
+    # the peer that answers pings is still there, several heartbeats later
+    assert hub.is_connected(alive_obj["id"])
+    alert = await create_alert(client, object_ids=[alive_obj["id"]])
+    msg = await reading
+    assert json.loads(msg.data)["id"] == alert["id"]
+    await dead.close()

@@ -1,0 +1,170 @@
+"""Logging: the line formats (text or JSON lines), request ids, and the access log.
+
+Every request gets an id: the client's `X-Request-Id` when it sent a sane one, a new random one
+otherwise. It is echoed in the `X-Request-Id` response header (the WebSocket handshake too),
+ends the access log line, and is attached to every log line written while the request is
+handled (a context variable, so tasks the handler starts inherit it). Each response also names
+the process that served it in `X-Inbox-Worker` (its pid, as in the log lines), which tells
+workers sharing a port apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+REQUEST_ID_HEADER = "X-Request-Id"
+WORKER_HEADER = "X-Inbox-Worker"
+# Letters, digits and a little punctuation, as tracing systems generate; anything else (say,
+# a header smuggling a newline or a megabyte) is replaced rather than written to the logs.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}")
+STATUS_CLIENT_GONE = 499  # the client went away before the answer (nginx's convention)
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None
+)
+access_log = logging.getLogger("inbox.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# LogRecord attributes that are not "extra" fields worth a JSON key.
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
+
+
+# -- formats --------------------------------------------------------------------------------
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamp each record with the id of the request being handled (None outside requests)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger pid=N: message request_id=...`, one line per event."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s pid=%(process)d: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request_id = getattr(record, "request_id", None)
+        return f"{line} request_id={request_id}" if request_id else line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, pid, message, request_id, extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            entry["request_id"] = request_id
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def setup(log_format: str = "text", level: str = "info") -> None:
+    """Send every log line to stderr in `log_format` ("text" or "json") from `level` up."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.addFilter(RequestIdFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.getLogger("yoyo").setLevel(logging.WARNING)
+
+
+# -- request ids and the access log ---------------------------------------------------------
+
+
+def request_id_for(request: web.BaseRequest) -> str:
+    sent = request.headers.get(REQUEST_ID_HEADER, "")
+    return sent if SANE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request its id, and log one line when it ends (for a WebSocket: when it closes)."""
+    request_id = request_id_for(request)
+    token = request_id_var.set(request_id)
+    started = time.perf_counter()
+    status, size = 500, 0
+    try:
+        response = await handler(request)
+        status = response.status
+        if response.prepared:  # a WebSocket, by now closed
+            size = response.body_length
+        else:
+            # Most answers are sent after this returns, outside the context variable.
+            size = response.content_length or 0
+            response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    except asyncio.CancelledError:
+        status = STATUS_CLIENT_GONE
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        access_log.info(
+            '%s "%s %s HTTP/%d.%d" %d %dB %.1fms',
+            request.remote,
+            request.method,
+            request.path_qs,
+            *request.version,
+            status,
+            size,
+            elapsed * 1000,
+            extra={
+                "request_id": request_id,
+                "remote": request.remote,
+                "method": request.method,
+                "path": request.path_qs,
+                "status": status,
+                "bytes": size,
+                "duration_ms": round(elapsed * 1000, 3),
+                "user_agent": request.headers.get("User-Agent"),
+            },
+        )
+        request_id_var.reset(token)
+
+
+async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the request id and this process's pid on every response.
+
+    A WebSocket handshake is prepared inside its handler, where the context variable holds the
+    id; an answer the middleware never saw (a malformed request) gets an id of its own.
+    """
+    if REQUEST_ID_HEADER not in response.headers:
+        response.headers[REQUEST_ID_HEADER] = request_id_var.get() or request_id_for(request)
+    response.headers[WORKER_HEADER] = str(os.getpid())

@@ -1,0 +1,299 @@
+"""The OpenAPI 3 document of the service, generated from the marshmallow schemas (apispec).
+
+Request bodies come from the validation schemas themselves (built with the running
+configuration, so limits such as the longest alert text are the real ones); responses from the
+response schemas in schemas.py. A test checks that every route the application registers is
+described here. GET /openapi.json serves it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from aiohttp import web
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+
+from . import __version__, schemas
+from .config import Config
+from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW
+from .keys import config_key
+
+CLOSE_TRY_AGAIN = 1013  # handlers.CLOSE_TRY_AGAIN; handlers is not imported to keep this a leaf
+
+DESCRIPTION = """\
+Contacts ("objects") and alerts stored in PostgreSQL; each alert is pushed to the open inbox
+WebSockets of its recipients the moment it commits.
+
+Every request body is JSON (`Content-Type: application/json`). Every error answers with one
+shape, `Error`: `{"error": "<code>", "message": "<text>"}`, plus `fields` for
+`validation_failed`. Every response carries `X-Request-Id` (the client's own when it sent a
+sane one) and `X-Inbox-Worker` (the pid of the process that answered).
+"""
+
+INBOX_DESCRIPTION = f"""\
+A WebSocket (`GET` with `Upgrade: websocket`). The server sends every alert the object already
+has with an id greater than `after`, oldest first, then each new one as it commits: one JSON
+text frame per alert, shaped as the `AlertFrame` schema, for example
+
+    {{"id": 7, "text": "Storm warning", "alert_all": false,
+     "number_of_objects_receiving_alert": 3, "created_at": "2026-11-26T01:17:44.521340+00:00"}}
+
+Each alert arrives exactly once and in id order. What the client sends is ignored; the server
+pings every `WS_HEARTBEAT` seconds and closes a peer that misses a pong.
+
+Close codes (after any of them, reconnect with `?after=<id of the last frame received>` and
+nothing is missed):
+
+| code | meaning |
+| --- | --- |
+| {CLOSE_TOO_SLOW} | too slow: the client fell `WS_QUEUE_SIZE` frames behind |
+| {CLOSE_GOING_AWAY} | going away: the server is shutting down |
+| {CLOSE_TRY_AGAIN} | try again later: the database was unavailable while reading the backlog |
+| 1011 | internal error |
+"""
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(description, schemas.Error)
+
+
+def _json(description: str, schema: Any) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _plain(description: str, *media_types: str) -> dict[str, Any]:
+    text = {"schema": {"type": "string"}}
+    return {"description": description, "content": dict.fromkeys(media_types, text)}
+
+
+def _body(schema: Any) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _path_id(name: str, what: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": f"id of the {what}; one that cannot exist is simply not found",
+        "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_ID},
+    }
+
+
+ERRORS: dict[str, tuple[int, str]] = {
+    "MalformedRequest": (400, "malformed_request: the body is not JSON or not a JSON object"),
+    "NotFound": (404, "not_found: no such object, alert or route"),
+    "MethodNotAllowed": (405, "method_not_allowed: the route exists, the method does not"),
+    "PayloadTooLarge": (413, "payload_too_large: the body is over MAX_BODY_BYTES"),
+    "UnsupportedMediaType": (415, "unsupported_media_type: the body is not application/json"),
+    "ValidationFailed": (422, "validation_failed: see `fields` for each failing field's messages"),
+    "DatabaseUnavailable": (503, "database_unavailable: the database cannot be reached; retry"),
+}
+
+
+def _errors(*names: str) -> dict[str, Any]:
+    return {str(ERRORS[name][0]): {"$ref": f"#/components/responses/{name}"} for name in names}
+
+
+WRITE_ERRORS = (
+    "MalformedRequest",
+    "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "ValidationFailed",
+    "DatabaseUnavailable",
+)
+
+
+@functools.lru_cache(maxsize=8)
+def build(config: Config) -> dict[str, Any]:
+    """The document for an application running with `config`."""
+    spec = APISpec(
+        title="inbox",
+        version=__version__,
+        openapi_version="3.0.3",
+        plugins=[MarshmallowPlugin()],
+        info={"description": DESCRIPTION},
+    )
+    object_create, alert_create = schemas.ObjectCreate(config), schemas.AlertCreate(config)
+    for name, schema in (
+        ("Error", schemas.Error),
+        ("Object", schemas.ObjectOut),
+        ("Alert", schemas.AlertOut),
+        ("AlertFrame", schemas.AlertFrame),
+        ("Health", schemas.Health),
+        ("Ready", schemas.Ready),
+        ("ObjectCreate", object_create),
+        ("AlertCreate", alert_create),
+    ):
+        spec.components.schema(name, schema=schema)
+    for name, (_status, description) in ERRORS.items():
+        spec.components.response(name, _error(description))
+
+    spec.path(
+        path="/object",
+        operations={
+            "post": {
+                "summary": "Create an object (a contact)",
+                "description": "The email is stored normalised, the phone number in E.164 "
+                "(numbers without +country are read in PHONE_DEFAULT_REGION).",
+                "requestBody": _body(object_create),
+                "responses": {
+                    "200": _json("the object as stored", schemas.ObjectOut),
+                    **_errors(*WRITE_ERRORS),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/object/{object_id}",
+        operations={
+            "get": {
+                "summary": "Read an object",
+                "parameters": [_path_id("object_id", "object")],
+                "responses": {
+                    "200": _json("the object", schemas.ObjectOut),
+                    **_errors("NotFound", "DatabaseUnavailable"),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/alert",
+        operations={
+            "post": {
+                "summary": "Create an alert",
+                "description": "`object_ids` is required unless `alert_all` is true (then it "
+                f"must be empty or absent); at most {config.alert_max_object_ids} ids. Ids that "
+                "do not exist are not counted; duplicates count once.",
+                "requestBody": _body(alert_create),
+                "responses": {
+                    "200": _json(
+                        "the alert as stored, with its recipients counted", schemas.AlertOut
+                    ),
+                    **_errors(*WRITE_ERRORS),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/alert/{alert_id}",
+        operations={
+            "get": {
+                "summary": "Read an alert",
+                "parameters": [_path_id("alert_id", "alert")],
+                "responses": {
+                    "200": _json("the alert", schemas.AlertOut),
+                    **_errors("NotFound", "DatabaseUnavailable"),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/inbox/{object_id}",
+        operations={
+            "get": {
+                "summary": "Watch an object's inbox (WebSocket)",
+                "description": INBOX_DESCRIPTION,
+                "parameters": [
+                    _path_id("object_id", "object"),
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "required": False,
+                        "description": "id of the last alert received; only later ones are sent",
+                        "schema": {"type": "integer", "minimum": 0, "default": 0},
+                    },
+                ],
+                "responses": {
+                    "101": {
+                        "description": "switching to the WebSocket protocol; frames are "
+                        "`AlertFrame` JSON text",
+                        "content": {"application/json": {"schema": schemas.AlertFrame}},
+                    },
+                    "400": {
+                        "description": "malformed_request: `after` is not an integer >= 0",
+                        "content": {"application/json": {"schema": schemas.Error}},
+                    },
+                    **_errors("NotFound", "DatabaseUnavailable"),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/healthz",
+        operations={
+            "get": {
+                "summary": "Liveness: the process answers (no database check)",
+                "responses": {"200": _json("alive", schemas.Health)},
+            }
+        },
+    )
+    spec.path(
+        path="/readyz",
+        operations={
+            "get": {
+                "summary": "Readiness: the database answers and LISTEN is up and caught up",
+                "responses": {
+                    "200": _json("ready to serve", schemas.Ready),
+                    "503": _json("not ready; `reasons` says why", schemas.Ready),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/metrics",
+        operations={
+            "get": {
+                "summary": "Prometheus metrics of the process that answers",
+                "responses": {
+                    "200": _plain("Prometheus text exposition format 0.0.4", "text/plain")
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/openapi.json",
+        operations={
+            "get": {
+                "summary": "This document",
+                "responses": {"200": _json("OpenAPI 3 document", {"type": "object"})},
+            }
+        },
+    )
+    spec.path(
+        path="/",
+        operations={
+            "get": {
+                "summary": "The browser console: create objects, send alerts, watch inboxes",
+                "responses": {"200": _plain("an HTML page", "text/html")},
+            }
+        },
+    )
+    spec.path(
+        path="/static/{filename}",
+        operations={
+            "get": {
+                "summary": "The console's script and style sheet",
+                "parameters": [
+                    {
+                        "name": "filename",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": ["app.js", "style.css"]},
+                    }
+                ],
+                "responses": {
+                    "200": _plain("the file", "text/javascript", "text/css"),
+                    **_errors("NotFound"),
+                },
+            }
+        },
+    )
+    document: dict[str, Any] = spec.to_dict()
+    return document
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    return web.json_response(build(request.app[config_key]))

@@ -1,0 +1,96 @@
+"""Settings: precedence, URL assembly, clear errors, and documentation that lists them all."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from service.config import SETTINGS, Config, ConfigError, env_example, settings_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_nothing_configured_means_embedded() -> None:
+    config = Config.from_env(environ={}, env_file=None)
+    assert config.embedded
+    assert config.database_url is None
+    assert config.port == 8000
+    assert config.phone_default_region == "US"
+
+
+def test_database_url_wins_over_db_settings() -> None:
+    config = Config.from_env(
+        environ={"DATABASE_URL": "postgresql://a@h/db", "DB_SERVER": "other", "DB_NAME": "x"},
+        env_file=None,
+    )
+    assert config.database_url == "postgresql://a@h/db"
+
+
+def test_db_settings_build_a_quoted_url() -> None:
+    config = Config.from_env(
+        environ={
+            "DB_USERNAME": "app user",
+            "DB_PASSWORD": "p@ss/word",
+            "DB_SERVER": "db.internal",
+            "DB_PORT": "6543",
+            "DB_NAME": "inbox",
+        },
+        env_file=None,
+    )
+    assert config.database_url == "postgresql://app%20user:p%40ss%2Fword@db.internal:6543/inbox"
+
+
+def test_db_server_may_be_a_socket_directory() -> None:
+    config = Config.from_env(
+        environ={"DB_SERVER": "/var/run/postgresql", "DB_NAME": "inbox", "DB_USERNAME": "me"},
+        env_file=None,
+    )
+    assert config.database_url == "postgresql://me@/inbox?host=/var/run/postgresql&port=5432"
+
+
+def test_db_settings_need_a_name() -> None:
+    with pytest.raises(ConfigError, match="DB_NAME"):
+        Config.from_env(environ={"DB_SERVER": "db.internal"}, env_file=None)
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("PORT=9001\nPHONE_DEFAULT_REGION=gb\nDB_NAME=fromfile\nDB_SERVER=h\n")
+    config = Config.from_env(environ={"PORT": "9002"}, env_file=env_file)
+    assert config.port == 9002
+    assert config.phone_default_region == "GB"
+    assert config.database_url == "postgresql://h:5432/fromfile"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("DATABASE_URL", "mysql://root@localhost/db"),
+        ("DATABASE_URL", "postgresql://host:port/db"),
+        ("WS_QUEUE_SIZE", "0"),
+        ("EMAIL_CHECK_DELIVERABILITY", "maybe"),
+        ("DB_TIMEOUT", "-1"),
+    ],
+)
+def test_bad_values_name_the_setting(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env(environ={name: value}, env_file=None)
+
+
+def test_env_example_documents_every_setting() -> None:
+    text = (ROOT / ".env.example").read_text()
+    assert text == env_example(), "run `make docs`"
+    documented = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
+    assert documented == {s.env for s in SETTINGS}
+
+
+def test_readme_table_lists_every_setting_with_its_default() -> None:
+    text = (ROOT / "README.md").read_text()
+    table = text.split("<!-- settings-table:start -->\n")[1].split("<!-- settings-table:end -->")[0]
+    assert table == settings_table(), "run `make docs`"
+    rows = dict(re.findall(r"^\| `([A-Z0-9_]+)` \| `?([^`|]*)`? \|", table, flags=re.MULTILINE))
+    assert rows == {s.env: s.default for s in SETTINGS}

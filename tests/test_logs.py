@@ -1,0 +1,130 @@
+"""Request ids (X-Request-Id), the access log line, and the text / JSON line formats."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import secrets
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from service import logs
+from service.config import Config, ConfigError
+
+from .conftest import create_object
+
+Client = TestClient[Any, Any]
+
+
+async def test_a_sane_request_id_is_echoed(client: Client) -> None:
+    response = await client.get("/healthz", headers={"X-Request-Id": "trace-42.a:b/c+d=e"})
+    assert response.headers["X-Request-Id"] == "trace-42.a:b/c+d=e"
+    assert response.headers["X-Inbox-Worker"] == str(os.getpid())
+
+
+@pytest.mark.parametrize("sent", [None, "", "has spaces", "x" * 129, "-leading-dash", "ünï"])
+async def test_otherwise_one_is_generated(client: Client, sent: str | None) -> None:
+    headers = {} if sent is None else {"X-Request-Id": sent}
+    first = await client.get("/healthz", headers=headers)
+    second = await client.get("/healthz", headers=headers)
+    generated = first.headers["X-Request-Id"]
+    assert generated != sent
+    assert len(generated) == 32
+    assert generated != second.headers["X-Request-Id"]
+
+
+async def test_errors_and_unknown_routes_carry_the_id(client: Client) -> None:
+    for method, path in (("GET", "/object/999"), ("GET", "/nope"), ("DELETE", "/object")):
+        response = await client.request(method, path, headers={"X-Request-Id": "err-1"})
+        assert response.status >= 400
+        assert response.headers["X-Request-Id"] == "err-1"
+        assert (await response.json())["error"]
+
+
+async def test_the_websocket_handshake_carries_the_id(client: Client) -> None:
+    obj = await create_object(client)
+    response = await client.get(
+        f"/inbox/{obj['id']}",
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": base64.b64encode(secrets.token_bytes(16)).decode(),
+            "X-Request-Id": "ws-1",
+        },
+    )
+    assert response.status == 101
+    assert response.headers["X-Request-Id"] == "ws-1"
+    response.close()
+
+
+async def test_one_access_log_line_per_request(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="inbox.access"):
+        await client.get("/object/999?x=1", headers={"X-Request-Id": "acc-1"})
+    lines = [r for r in caplog.records if r.name == "inbox.access"]
+    assert len(lines) == 1
+    record = lines[0]
+    assert record.request_id == "acc-1"  # type: ignore[attr-defined]
+    assert record.status == 404  # type: ignore[attr-defined]
+    assert '"GET /object/999?x=1 HTTP/1.1" 404' in record.getMessage()
+    text = logs.TextFormatter().format(record)
+    assert "\n" not in text
+    assert text.endswith("request_id=acc-1")
+
+
+def record(message: str, **extra: Any) -> logging.LogRecord:
+    rec = logging.makeLogRecord({"name": "inbox.test", "levelname": "INFO", "msg": message})
+    for key, value in extra.items():
+        setattr(rec, key, value)
+    logs.RequestIdFilter().filter(rec)
+    return rec
+
+
+def test_json_lines() -> None:
+    token = logs.request_id_var.set("json-1")
+    try:
+        rec = record('said "hi"\nthen left', status=200)
+    finally:
+        logs.request_id_var.reset(token)
+    line = logs.JsonFormatter().format(rec)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["message"] == 'said "hi"\nthen left'
+    assert entry["level"] == "INFO"
+    assert entry["logger"] == "inbox.test"
+    assert entry["request_id"] == "json-1"
+    assert entry["status"] == 200
+    assert entry["ts"].endswith("+00:00")
+
+
+def test_json_lines_carry_exceptions_on_one_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        rec = logging.makeLogRecord({"msg": "failed", "exc_info": sys.exc_info()})
+    entry = json.loads(logs.JsonFormatter().format(rec))
+    assert "ValueError: boom" in entry["exception"]
+    assert "request_id" not in entry
+
+
+def test_text_lines_outside_requests_have_no_id() -> None:
+    assert "request_id" not in logs.TextFormatter().format(record("plain"))
+
+
+def test_log_settings() -> None:
+    config = Config.from_env(environ={"LOG_FORMAT": "JSON", "LOG_LEVEL": "Warning"}, env_file=None)
+    assert (config.log_format, config.log_level) == ("json", "warning")
+    default = Config.from_env(environ={}, env_file=None)
+    assert (default.log_format, default.log_level) == ("text", "info")
+    with pytest.raises(ConfigError, match="LOG_FORMAT"):
+        Config.from_env(environ={"LOG_FORMAT": "xml"}, env_file=None)
+    with pytest.raises(ConfigError, match="LOG_LEVEL"):
+        Config.from_env(environ={"LOG_LEVEL": "loud"}, env_file=None)

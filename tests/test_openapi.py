@@ -1,0 +1,93 @@
+"""GET /openapi.json: generated from the schemas, and covering every route the app registers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from service.hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW
+
+from .conftest import ClientFactory, app_of
+
+Client = TestClient[Any, Any]
+
+
+async def document(client: Client) -> dict[str, Any]:
+    response = await client.get("/openapi.json")
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    result: dict[str, Any] = await response.json()
+    return result
+
+
+async def test_every_route_is_documented(client: Client) -> None:
+    paths = (await document(client))["paths"]
+    registered = set()
+    for route in app_of(client).router.routes():
+        if route.method == "HEAD":  # added by aiohttp next to every GET
+            continue
+        path = route.resource.canonical if route.resource is not None else None
+        assert path is not None
+        registered.add((path, route.method.lower()))
+    documented = {(path, method) for path, ops in paths.items() for method in ops}
+    assert registered - documented == set()
+    assert documented - registered == set()
+
+
+def refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from refs(item)
+
+
+async def test_every_reference_resolves(client: Client) -> None:
+    doc = await document(client)
+    assert doc["openapi"].startswith("3.")
+    for ref in refs(doc):
+        section, kind, name = ref.removeprefix("#/").split("/")
+        assert name in doc[section][kind], ref
+
+
+async def test_request_bodies_come_from_the_validation_schemas(make_client: ClientFactory) -> None:
+    doc = await document(await make_client(ALERT_TEXT_MAX_LENGTH="77"))
+    schemas = doc["components"]["schemas"]
+    assert set(schemas["ObjectCreate"]["required"]) == {"email", "phone_number"}
+    alert = schemas["AlertCreate"]
+    assert alert["required"] == ["text"]
+    assert alert["properties"]["text"]["maxLength"] == 77
+    assert alert["properties"]["alert_all"]["type"] == "boolean"
+    assert alert["properties"]["object_ids"]["items"]["type"] == "integer"
+    assert alert["additionalProperties"] is False
+    create = doc["paths"]["/alert"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/AlertCreate"
+    }
+
+
+async def test_errors_have_the_standard_shape(client: Client) -> None:
+    doc = await document(client)
+    error = doc["components"]["schemas"]["Error"]
+    assert set(error["properties"]) == {"error", "message", "fields"}
+    assert set(error["required"]) == {"error", "message"}
+    responses = doc["paths"]["/object"]["post"]["responses"]
+    assert {"200", "400", "413", "415", "422", "503"} <= set(responses)
+    for name in ("ValidationFailed", "NotFound", "DatabaseUnavailable"):
+        content = doc["components"]["responses"][name]["content"]
+        assert content["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
+async def test_the_websocket_is_described(client: Client) -> None:
+    inbox = (await document(client))["paths"]["/inbox/{object_id}"]["get"]
+    for code in (CLOSE_TOO_SLOW, CLOSE_GOING_AWAY, 1013):
+        assert f"| {code} |" in inbox["description"]
+    assert "AlertFrame" in inbox["description"]
+    assert "101" in inbox["responses"]
+    assert [p["name"] for p in inbox["parameters"]] == ["object_id", "after"]

@@ -1,0 +1,51 @@
+"""`inbox tail`: prints each alert once, and resumes after the server drops the socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from service.handlers import close_all_inboxes
+from service.tail import tail
+
+from .conftest import app_of, create_alert, create_object, eventually
+from .test_inbox import connected
+
+
+async def test_tail_prints_alerts_and_resumes(
+    client: TestClient[Any, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    obj = await create_object(client)
+    first = await create_alert(client, text="first", object_ids=[obj["id"]])
+    base = str(client.make_url("/"))
+    lines: list[str] = []
+
+    def printed() -> list[int]:
+        lines.extend(capsys.readouterr().out.splitlines())
+        return [json.loads(line)["id"] for line in lines]
+
+    following = asyncio.ensure_future(tail(base, obj["id"], max_delay=0.2))
+    try:
+        await connected(client, obj["id"])
+        second = await create_alert(client, text="second", object_ids=[obj["id"]])
+        await eventually(lambda: printed() == [first["id"], second["id"]])
+        await close_all_inboxes(app_of(client))  # the server drops the socket (1001)
+        third = await create_alert(client, text="third", object_ids=[obj["id"]])
+        fourth = await create_alert(client, text="fourth", object_ids=[obj["id"]])
+        await eventually(lambda: len(printed()) >= 4)
+        # a duplicate of anything before `fourth` would stand before it
+        assert printed() == [first["id"], second["id"], third["id"], fourth["id"]]
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+
+
+async def test_tail_stops_on_an_unknown_object(
+    client: TestClient[Any, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    await asyncio.wait_for(tail(str(client.make_url("/")), 424242), 5)
+    assert "no object with id 424242" in capsys.readouterr().err
