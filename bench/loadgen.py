@@ -99,8 +99,8 @@ async def open_loop(op: Op, rate: float, duration: float, concurrency: int) -> d
 
     for i in range(total):
         intended = start + i / rate
-        delay = intended - time.monotonic()
-        if delay > 0:
+        # uvloop's timers tick in whole milliseconds and may wake us early: never start early.
+        while (delay := intended - time.monotonic()) > 0:  # noqa: ASYNC110 - waiting on a clock
             await asyncio.sleep(delay)
         task = asyncio.create_task(one(i, intended))
         tasks.add(task)

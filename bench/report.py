@@ -114,6 +114,7 @@ def plot(results: Results, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     groups: dict[str, list[tuple[str, list[float]]]] = {}
     for key, values in results.distributions.items():
@@ -130,6 +131,8 @@ def plot(results: Results, path: Path) -> None:
             pct = [100 * (i + 1) / len(ms) for i in range(len(ms))]
             ax.plot(ms, pct, label=label, linewidth=1.2)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("latency (ms, log)")
         ax.set_ylabel("percentile")
         ax.set_title(scenario, fontsize=9)

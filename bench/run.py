@@ -101,13 +101,13 @@ class Plan:
             quick=True,
             only=only,
             workers=workers,
-            phase=1.5,
+            phase=1.2,
             fanout_k=(1_000,),
-            fanout_seconds=3.0,
+            fanout_seconds=2.5,
             storm_seconds=1.0,
             backlog_repeats=3,
             all_repeats=2,
-            listen_seconds=1.5,
+            listen_seconds=1.2,
         )
 
 
@@ -485,7 +485,8 @@ class Bench:
     ) -> dict[str, Any]:
         lat = data.pop("_latencies", None)
         if lat is not None:
-            self.results.distributions[f"{scenario} | {label}"] = sample(sorted(lat))
+            who = "" if workers is None else f", {workers} worker{'s' if workers > 1 else ''}"
+            self.results.distributions[f"{scenario} | {label}{who}"] = sample(sorted(lat))
         return self.results.figure(
             scenario=scenario, target=label, workers=workers, **data, **extra
         )
