@@ -36,6 +36,9 @@ def extra(fig: dict[str, Any]) -> str:
         ("frames_per_s", "frames/s"),
         ("frames_per_service_cpu_s", "frames/service-CPU-s"),
         ("ratio_to_reference", "ratio to bare"),
+        ("post_p50_ms", "POST p50 ms"),
+        ("subset_frames_p50_ms", "subset-alert frames p50 ms"),
+        ("subset_frames_p99_ms", "p99 ms"),
         ("rss_per_idle_socket_kib", "KiB RSS/idle socket"),
         ("last_socket_p50_ms", "last socket p50 ms"),
         ("last_socket_max_ms", "last socket max ms"),
@@ -45,7 +48,8 @@ def extra(fig: dict[str, Any]) -> str:
         ("errors", "errors"),
     ):
         if fig.get(key) not in (None, 0):
-            parts.append(f"{label} {fmt(fig[key], 2 if 'ratio' in key else 0)}")
+            digits = 2 if "ratio" in key else 1 if key.endswith("_ms") else 0
+            parts.append(f"{label} {fmt(fig[key], digits)}")
     if fig.get("first_error"):
         parts.append(f"first error: {str(fig['first_error'])[:80]}")
     return "; ".join(parts)

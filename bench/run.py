@@ -672,6 +672,7 @@ class Bench:
         sent_at = {r[0]: r[1] for r in records}
         to = {r[0]: (None if r[2] is None else set(r[2])) for r in records}
         e2e: list[float] = []
+        e2e_subsets: list[float] = []  # without the frames of alert_all bursts
         seen: set[tuple[int, int]] = set()
         duplicated = unexpected = 0
         for out in outs:
@@ -684,6 +685,8 @@ class Bench:
                     continue
                 seen.add((oid, aid))
                 e2e.append(t - sent_at[aid])
+                if to[aid] is not None:
+                    e2e_subsets.append(t - sent_at[aid])
         lost = expected - len(seen)
         frames = len(e2e)
         data = {
@@ -700,6 +703,8 @@ class Bench:
             if cpu["cpu_service_s"]
             else None,
             "post_p50_ms": summarize_ms(posted["latencies"])["p50_ms"],
+            "subset_frames_p50_ms": summarize_ms(e2e_subsets)["p50_ms"],
+            "subset_frames_p99_ms": summarize_ms(e2e_subsets)["p99_ms"],
             "_latencies": e2e,
         }
         if footprint:
