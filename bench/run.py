@@ -275,12 +275,12 @@ async def serve(
         if proc.returncode is None:
             # py-spy writes its profile on SIGINT; the service treats it like SIGTERM.
             os.killpg(proc.pid, signal.SIGINT if "py-spy" in argv[0] else signal.SIGTERM)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+        # Whatever is left of its process group (a worker, py-spy's child) goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
 
 
 def service_argv(workers: int, port: int, profile: bool = False) -> list[str]:
