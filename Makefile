@@ -44,6 +44,8 @@ clean:
 # psutil, uvloop, py-spy) on top of the dev install.
 BENCH_STAMP := $(VENV)/.bench-installed
 
+.PHONY: bench bench-quick  # phony: bench/ is also a directory
+
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
