@@ -39,3 +39,19 @@ docs: $(STAMP)
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# The load harness (bench/): not part of `make test`. It needs the `bench` extra (matplotlib,
+# psutil, uvloop, py-spy) on top of the dev install.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: bench bench-quick  # phony: bench/ is also a directory
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python -m bench --quick

@@ -1,8 +1,9 @@
 """The database layer: the connection pool, the SQL in `sql/`, and one typed call per query.
 
 Handlers pass plain, validated values in; rows come back as dicts. Every call runs inside a
-transaction on a pooled connection. A lost or unreachable server surfaces as
-`DatabaseUnavailable` (503), never as a driver exception.
+transaction on a pooled connection: a call of one statement in that statement's own (implicit)
+transaction, one round trip in all; a call of several in an explicit one. A lost or
+unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver exception.
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ async def unavailable_as_503() -> AsyncIterator[None]:
         raise DatabaseUnavailable("the database is unreachable; retry shortly") from exc
 
 
+async def keep_session(_conn: asyncpg.Connection) -> None:
+    """Pool reset: nothing beyond what asyncpg always does (roll back an open transaction).
+
+    Pooled connections never carry session state (no SET, LISTEN, cursor or session-level
+    lock: the id lock is transaction-scoped), so the default reset query would only cost
+    one more round trip per call.
+    """
+
+
 async def create_pool(dsn: str, *, min_size: int, max_size: int, timeout: float) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         dsn,
@@ -70,6 +80,7 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, timeout: float)
         timeout=timeout,
         command_timeout=timeout,
         server_settings=SERVER_SETTINGS,
+        reset=keep_session,
     )
 
 
@@ -79,8 +90,9 @@ else:
     Connection = PoolConnectionProxy
 
 
-# The writes, on a connection whose transaction the caller owns (idempotency.py adds its own
-# statements to the same transaction).
+# The writes, on a connection the caller holds: alone they are one statement in its own
+# transaction (Database.connection); idempotency.py adds its own statements around them in an
+# explicit one.
 
 
 async def insert_object(conn: Connection, email: str, phone_number: str) -> Row:
@@ -106,6 +118,16 @@ class Database:
         self.timeout = timeout
 
     @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """For one statement, which is its own transaction: no BEGIN/COMMIT round trips.
+
+        For an alert that matters beyond speed: the id lock of `alerts_assign_id` is then held
+        only inside the server, never across a round trip to this process.
+        """
+        async with unavailable_as_503(), self.pool.acquire(timeout=self.timeout) as conn:
+            yield conn
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         async with (
             unavailable_as_503(),
@@ -115,56 +137,56 @@ class Database:
             yield conn
 
     async def ping(self) -> None:
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             await conn.fetchval("SELECT 1")
 
     # -- objects --------------------------------------------------------------------------
 
     async def insert_object(self, email: str, phone_number: str) -> Row:
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             return await insert_object(conn, email, phone_number)
 
     async def get_object(self, object_id: int) -> Row | None:
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(Q.get_object, object_id)
         return dict(row) if row else None
 
     async def object_exists(self, object_id: int) -> bool:
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             return bool(await conn.fetchval(Q.object_exists, object_id))
 
     # -- alerts ---------------------------------------------------------------------------
 
     async def insert_alert(self, text: str, object_ids: Sequence[int] | None) -> Row:
         """Store an alert for the existing ids among `object_ids`, or for everyone if None."""
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             return await insert_alert(conn, text, object_ids)
 
     async def get_alert(self, alert_id: int) -> Row | None:
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(Q.get_alert, alert_id)
         return dict(row) if row else None
 
     async def notification_queue_usage(self) -> float:
         """The fraction of the server's NOTIFY queue in use (read by /metrics)."""
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             return float(await conn.fetchval(Q.notification_queue_usage))
 
     # -- the real-time path ---------------------------------------------------------------
 
     async def inbox_page(self, object_id: int, after: int, limit: int) -> list[tuple[int, str]]:
         """Frames of `object_id`'s alerts with id > `after`, oldest first."""
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(Q.inbox_page, object_id, after, limit)
         return [(row["id"], row["frame"]) for row in rows]
 
     async def alert_frames(self, alert_ids: Sequence[int]) -> dict[int, str]:
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(Q.alert_frames, alert_ids)
         return {row["id"]: row["frame"] for row in rows}
 
     async def connected_recipients(self, alert_id: int, object_ids: Sequence[int]) -> list[int]:
-        async with self.transaction() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(Q.connected_recipients, alert_id, object_ids)
         return [row["object_id"] for row in rows]
 

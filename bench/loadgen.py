@@ -1,0 +1,427 @@
+"""Load-generator processes: `python -m bench.loadgen MODE CONFIG_JSON`.
+
+Each mode sets itself up, reports `ready`, waits for `go`, runs, and reports `done` with its
+raw results (see common.py for the line protocol). Modes:
+
+- `requests`: POST /object or POST /alert over HTTP, or the same transaction straight through
+  asyncpg (`target: raw`); either saturating with a fixed number in flight (capacity), or at a
+  constant arrival rate (open loop: latency is counted from the *intended* send time, so a
+  stalled server cannot hide its queueing from us: no coordinated omission);
+- `clients`: hold many inbox WebSockets and time-stamp every frame (until `stop`);
+- `poster`: POST alerts at a constant rate to random subsets of the connected objects, every
+  n-th to all, recording each alert's id, recipients and the moment just before it was sent;
+- `storm`: open new inbox sockets at a constant rate, timing each handshake;
+- `backlog`: connect to one inbox that already holds N alerts and time until all arrived;
+- `listeners`: N forked processes, each with its own plain asyncpg LISTEN connection, counting
+  notifications (stand-ins for N hosts of the service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import multiprocessing
+import os
+import random
+import sys
+import time
+from array import array
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+
+from service.db import SERVER_SETTINGS, load_queries
+
+from .common import emit, install_uvloop, raise_nofile, stdin_lines, wait_command
+
+Q = load_queries()
+ALERT_TEXT = "Bench alert: severe weather warning for your area, take shelter now."
+Op = Callable[[int], Awaitable[None]]
+
+
+# -- request drivers ----------------------------------------------------------------------------
+
+
+async def saturate(op: Op, concurrency: int, duration: float) -> dict[str, Any]:
+    """Keep `concurrency` operations in flight for `duration` s: the capacity."""
+    counter = itertools.count()
+    latencies: list[float] = []
+    errors: list[str] = []
+    start = time.monotonic()
+    deadline = start + duration
+
+    async def worker() -> None:
+        while time.monotonic() < deadline:
+            began = time.monotonic()
+            try:
+                await op(next(counter))
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.01)
+                continue
+            latencies.append(time.monotonic() - began)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.monotonic() - start
+    return {
+        "completed": len(latencies),
+        "elapsed": elapsed,
+        "latencies": latencies,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+    }
+
+
+async def open_loop(op: Op, rate: float, duration: float, concurrency: int) -> dict[str, Any]:
+    """Start one operation every 1/rate s whatever happens to the previous ones.
+
+    At most `concurrency` run at once (a client has finitely many connections); one that must
+    wait for a slot still counts its latency from its intended start.
+    """
+    slots = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    errors: list[str] = []
+    total = max(1, int(rate * duration))
+    start = time.monotonic() + 0.005
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(i: int, intended: float) -> None:
+        async with slots:
+            try:
+                await op(i)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return
+        latencies.append(time.monotonic() - intended)
+
+    for i in range(total):
+        intended = start + i / rate
+        # uvloop's timers tick in whole milliseconds and may wake us early: never start early.
+        while (delay := intended - time.monotonic()) > 0:  # noqa: ASYNC110 - waiting on a clock
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one(i, intended))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(tasks, timeout=30)
+    elapsed = time.monotonic() - start
+    return {
+        "completed": len(latencies),
+        "elapsed": elapsed,
+        "latencies": latencies,
+        "errors": len(errors) + len(tasks),
+        "first_error": errors[0] if errors else None,
+        "offered_rate": rate,
+    }
+
+
+def object_body(i: int) -> tuple[str, str]:
+    return f"bench{os.getpid()}.{i}@example.com", f"+1212555{i % 10000:04d}"
+
+
+async def requests_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, Any]:
+    lo, hi = cfg.get("recipients", [1, 1])
+    rng = random.Random(cfg.get("seed", 1))
+
+    def recipients() -> list[int]:
+        return rng.sample(range(lo, hi + 1), cfg.get("n_recipients", 10))
+
+    pool: asyncpg.Pool | None = None
+    session: aiohttp.ClientSession | None = None
+    op: Op
+    if cfg["target"] == "raw":
+        pool = await asyncpg.create_pool(
+            cfg["dsn"], min_size=cfg["pool"], max_size=cfg["pool"], server_settings=SERVER_SETTINGS
+        )
+
+        # The service's own statements, each its own (implicit) transaction: one round trip.
+        async def raw_object(i: int) -> None:
+            assert pool is not None
+            email, phone = object_body(i)
+            await pool.fetchrow(Q.insert_object, email, phone)
+
+        async def raw_alert(i: int) -> None:
+            assert pool is not None
+            await pool.fetchrow(Q.insert_alert_to_ids, ALERT_TEXT, recipients())
+
+        op = raw_object if cfg["kind"] == "object" else raw_alert
+    else:
+        connector = aiohttp.TCPConnector(limit=cfg["concurrency"])
+        session = aiohttp.ClientSession(cfg["url"], connector=connector)
+
+        async def http_object(i: int) -> None:
+            assert session is not None
+            email, phone = object_body(i)
+            body = orjson.dumps({"email": email, "phone_number": phone})
+            await post_json(session, "/object", body)
+
+        async def http_alert(i: int) -> None:
+            assert session is not None
+            body = orjson.dumps(
+                {"text": ALERT_TEXT, "object_ids": recipients(), "alert_all": False}
+            )
+            await post_json(session, "/alert", body)
+
+        op = http_object if cfg["kind"] == "object" else http_alert
+    try:
+        for i in range(min(cfg["concurrency"], 20)):  # warm connections and caches
+            await op(-1 - i)
+        emit("ready")
+        await wait_command(commands, "go")
+        if cfg["mode"] == "saturate":
+            result = await saturate(op, cfg["concurrency"], cfg["duration"])
+        else:
+            result = await open_loop(op, cfg["rate"], cfg["duration"], cfg["concurrency"])
+    finally:
+        if pool is not None:
+            await pool.close()
+        if session is not None:
+            await session.close()
+    return result
+
+
+async def post_json(session: aiohttp.ClientSession, path: str, body: bytes) -> Any:
+    async with session.post(path, data=body, headers={"Content-Type": "application/json"}) as resp:
+        data = await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{path}: HTTP {resp.status}: {data[:200]!r}")
+        return orjson.loads(data)
+
+
+# -- WebSocket clients --------------------------------------------------------------------------
+
+
+def ws_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=False))
+
+
+async def clients_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, Any]:
+    """Hold one inbox socket per object id and record (object id, alert id, time) per frame."""
+    url, after, ids = cfg["url"], cfg["after"], cfg["object_ids"]
+    obj, alert, stamp = array("q"), array("q"), array("d")
+    state = {"out_of_order": 0, "closed": 0, "connect_errors": 0}
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    connecting = asyncio.Semaphore(cfg.get("connect_concurrency", 100))
+    session = ws_session()
+
+    all_tried = asyncio.Event()
+
+    def tried() -> None:
+        if len(sockets) + state["connect_errors"] >= len(ids):
+            all_tried.set()
+
+    async def hold(object_id: int) -> None:
+        async with connecting:
+            try:
+                ws = await session.ws_connect(
+                    f"{url}/inbox/{object_id}?after={after}", timeout=aiohttp.ClientWSTimeout(30)
+                )
+            except (aiohttp.ClientError, TimeoutError):
+                state["connect_errors"] += 1
+                tried()
+                return
+        sockets.append(ws)
+        tried()
+        last = after
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            now = time.monotonic()
+            alert_id = orjson.loads(msg.data)["id"]
+            if alert_id <= last:
+                state["out_of_order"] += 1
+            last = max(last, alert_id)
+            obj.append(object_id)
+            alert.append(alert_id)
+            stamp.append(now)
+        state["closed"] += 1
+
+    holders = [asyncio.create_task(hold(i)) for i in ids]
+    await all_tried.wait()
+    emit("ready", connected=len(sockets), connect_errors=state["connect_errors"])
+    while True:
+        line = (await commands.readline()).strip().decode()
+        if line == "progress":
+            emit("progress", frames=len(alert))
+        elif line in {"stop", ""}:
+            break
+    result = {
+        "object_ids": obj.tolist(),
+        "alert_ids": alert.tolist(),
+        "times": stamp.tolist(),
+        "connected": len(sockets),
+        **state,
+    }
+    for task in holders:
+        task.cancel()
+    return result
+
+
+async def poster_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, Any]:
+    """Alerts at a constant rate: random subsets of `object_ids`, every `all_every`-th to all."""
+    ids, subset, all_every = cfg["object_ids"], cfg["subset"], cfg["all_every"]
+    rng = random.Random(cfg.get("seed", 7))
+    records: list[list[Any]] = []  # [alert id, sent at, recipients or None for all]
+    session = aiohttp.ClientSession(cfg["url"], connector=aiohttp.TCPConnector(limit=64))
+
+    async def post(i: int) -> None:
+        to_all = all_every > 0 and i % all_every == all_every - 1
+        if to_all:
+            body = {"text": ALERT_TEXT, "alert_all": True}
+        else:
+            body = {"text": ALERT_TEXT, "object_ids": rng.sample(ids, subset), "alert_all": False}
+        data = orjson.dumps(body)
+        sent = time.monotonic()
+        reply = await post_json(session, "/alert", data)
+        records.append([reply["id"], sent, None if to_all else reply["object_ids"]])
+
+    emit("ready")
+    await wait_command(commands, "go")
+    result = await open_loop(post, cfg["rate"], cfg["duration"], 64)
+    await session.close()
+    return {**result, "records": records}
+
+
+async def storm_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, Any]:
+    """New sockets at a constant rate; latency from intended start to completed handshake."""
+    url, ids = cfg["url"], cfg["object_ids"]
+    session = ws_session()
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+
+    async def connect(i: int) -> None:
+        ws = await session.ws_connect(
+            f"{url}/inbox/{ids[i % len(ids)]}", timeout=aiohttp.ClientWSTimeout(30)
+        )
+        sockets.append(ws)
+
+    emit("ready")
+    await wait_command(commands, "go")
+    result = await open_loop(connect, cfg["rate"], cfg["duration"], cfg.get("concurrency", 500))
+    result["held"] = len(sockets)
+    return result
+
+
+async def backlog_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, Any]:
+    """Time from opening the socket until the last of `expect` backlog frames arrived."""
+    url, object_id, expect = cfg["url"], cfg["object_id"], cfg["expect"]
+    session = ws_session()
+    times: list[float] = []
+    lost = duplicated = 0
+    emit("ready")
+    await wait_command(commands, "go")
+    for _ in range(cfg["repeats"]):
+        seen: set[int] = set()
+        frames = 0
+        start = time.monotonic()
+        async with session.ws_connect(f"{url}/inbox/{object_id}?after=0") as ws:
+            while frames < expect:
+                msg = await ws.receive(timeout=10)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                seen.add(orjson.loads(msg.data)["id"])
+                frames += 1
+            times.append(time.monotonic() - start)
+        lost += expect - len(seen)
+        duplicated += frames - len(seen)
+    await session.close()
+    return {"latencies": times, "lost": lost, "duplicated": duplicated}
+
+
+# -- LISTEN fleet -------------------------------------------------------------------------------
+
+
+def _listener_process(dsn: str, channel: str, slot: int, shared: Any) -> None:
+    """One stand-in host: its own LISTEN connection, counting alert ids above the floor."""
+    ready, floor, stop, counts = shared
+
+    async def run() -> None:
+        conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
+
+        def on_note(_c: object, _pid: int, _ch: str, payload: object) -> None:
+            # The floor is set before the producer starts: nothing it commits can be missed.
+            if orjson.loads(str(payload))["alert_id"] > floor.value:
+                counts[slot] += 1
+
+        await conn.add_listener(channel, on_note)
+        ready.release()
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+        await conn.close()
+
+    asyncio.run(run())
+
+
+def listeners_main(cfg: dict[str, Any]) -> None:
+    """Fork the fleet first (cheap, asyncpg already imported), then speak the line protocol.
+
+    `progress` answers the per-listener counts so far; `stop` ends the fleet.
+    """
+    ctx = multiprocessing.get_context("fork")
+    n = cfg["n"]
+    floor = ctx.Value("q", 2**62, lock=False)
+    shared = (ctx.Semaphore(0), floor, ctx.Event(), ctx.Array("q", n, lock=False))
+    ready, _floor, stop, counts = shared
+    procs = [
+        ctx.Process(target=_listener_process, args=(cfg["dsn"], cfg["channel"], i, shared))
+        for i in range(n)
+    ]
+    for proc in procs:
+        proc.start()
+
+    async def protocol() -> dict[str, Any]:
+        commands = await stdin_lines()
+        loop = asyncio.get_running_loop()
+        for _ in procs:
+            await loop.run_in_executor(None, ready.acquire)
+        emit("ready", pids=[p.pid for p in procs])
+        go = (await commands.readline()).split()  # "go <alert id floor>"
+        floor.value = int(go[1])
+        start = time.monotonic()
+        while (await commands.readline()).strip() == b"progress":
+            emit("progress", counts=list(counts))
+        elapsed = time.monotonic() - start
+        return {"counts": list(counts), "elapsed": elapsed}
+
+    try:
+        emit("done", **asyncio.run(protocol()))
+    finally:
+        stop.set()
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+
+
+MODES = {
+    "requests": requests_mode,
+    "clients": clients_mode,
+    "poster": poster_mode,
+    "storm": storm_mode,
+    "backlog": backlog_mode,
+}
+
+
+def main() -> None:
+    mode, cfg = sys.argv[1], orjson.loads(sys.argv[2])
+    raise_nofile()
+    if mode == "listeners":
+        listeners_main(cfg)
+        return
+    install_uvloop()
+
+    async def run() -> None:
+        commands = await stdin_lines()
+        result = await MODES[mode](cfg, commands)
+        emit("done", **result)
+        # Stay alive until told, so the orchestrator reads our CPU time before we go.
+        await wait_command(commands, "exit")
+
+    asyncio.run(run())
+    # Thousands of sockets: the kernel closes them, no handshake each.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
