@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 CLOSE_TOO_SLOW = 4008
 CLOSE_GOING_AWAY = 1001
 
-Frame = tuple[int, str]  # (alert id, JSON text)
+Frame = tuple[int, bytes]  # (alert id, the UTF-8 JSON text of a WebSocket text frame)
 
 
 class Session:
@@ -46,7 +46,7 @@ class Session:
         self.overflowed = False
         self._on_overflow = on_overflow
 
-    def offer(self, alert_id: int, frame: str) -> None:
+    def offer(self, alert_id: int, frame: bytes) -> None:
         """Accept a frame unless it was already accepted or the session is dropped."""
         if self.overflowed:
             return
@@ -111,7 +111,7 @@ class Hub:
     def is_connected(self, object_id: int) -> bool:
         return object_id in self._by_object
 
-    def publish(self, alert_id: int, frame: str, object_ids: Iterable[int]) -> int:
+    def publish(self, alert_id: int, frame: bytes, object_ids: Iterable[int]) -> int:
         """Offer one frame to every session of `object_ids`; returns how many sessions got it."""
         delivered = 0
         for object_id in object_ids:

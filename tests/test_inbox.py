@@ -443,3 +443,26 @@ async def test_heartbeat_drops_a_peer_that_stops_answering(make_client: Any) -> 
     msg = await reading
     assert json.loads(msg.data)["id"] == alert["id"]
     await dead.close()
+
+
+async def test_backlog_query_is_never_served_from_a_generic_plan(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    """A generic plan made while the tables looked empty scans everything for every page."""
+    from service.db import Database, create_pool
+
+    await db.execute("ANALYZE objects; ANALYZE alerts; ANALYZE object_alerts")  # empty stats
+    pool = await create_pool(database_url, min_size=1, max_size=1, timeout=5)
+    try:
+        database = Database(pool, timeout=5)
+        for _ in range(10):  # PostgreSQL switches to a generic plan after five executions
+            await database.inbox_page(1, 0, 1000)
+        async with pool.acquire() as conn:
+            generic = await conn.fetchval(
+                "SELECT coalesce(sum(generic_plans), 0) FROM pg_prepared_statements "
+                "WHERE statement LIKE '%alert_frame(a)%oa.alert_id > $2%' "
+                "AND statement NOT LIKE '%pg_prepared_statements%'"
+            )
+        assert generic == 0
+    finally:
+        await pool.close()
