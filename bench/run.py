@@ -395,9 +395,36 @@ async def sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
         await conn.close()
 
 
+BLOCKERS = """
+SELECT pid, state, application_name, now() - xact_start AS in_transaction, left(query, 120) AS query
+FROM pg_stat_activity WHERE pid = ANY (pg_blocking_pids($1))
+"""
+
+
+async def truncate(url: str) -> None:
+    """TRUNCATE waits for every transaction that touched the tables: never forever. Once, a
+    full run stalled here for 13 minutes; if it happens again, say who held the lock."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("SET lock_timeout = '60s'")
+        waiting = asyncio.ensure_future(conn.execute("TRUNCATE object_alerts, alerts, objects"))
+        done, _ = await asyncio.wait({waiting}, timeout=10)
+        if not done:
+            watcher = await asyncpg.connect(url)
+            try:
+                pid = conn.get_server_pid()
+                for row in await watcher.fetch(BLOCKERS, pid):
+                    progress(f"TRUNCATE waits for {dict(row)}")
+            finally:
+                await watcher.close()
+        await waiting
+    finally:
+        await conn.close()
+
+
 async def reset(url: str, objects: int = 0) -> list[int]:
     """Empty tables (sequences go on, so alert ids keep rising) and `objects` fresh objects."""
-    await sql(url, "TRUNCATE object_alerts, alerts, objects")
+    await truncate(url)
     if not objects:
         return []
     ids = [row["id"] for row in await sql(url, SEED_OBJECTS, objects)]

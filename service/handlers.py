@@ -243,7 +243,11 @@ async def send_frames(
     try:
         last = session.last_id
         while True:
-            page = await db.inbox_page(session.object_id, last, BACKLOG_PAGE)
+            # Shielded: a socket closed mid-backlog cancels this task, and a query cancelled
+            # between asyncpg's prepare (Parse/Describe/Flush) and its execution leaves the
+            # server waiting for a Sync inside an open transaction, holding its table locks
+            # (a TRUNCATE or ALTER would then wait forever). The page is read to the end.
+            page = await asyncio.shield(db.inbox_page(session.object_id, last, BACKLOG_PAGE))
             for alert_id, frame in page:
                 await ws.send_frame(frame, WSMsgType.TEXT)
                 session.meter.sent_backlog()

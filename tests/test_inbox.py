@@ -435,3 +435,23 @@ async def test_backlog_query_is_never_served_from_a_generic_plan(
         assert generic == 0
     finally:
         await pool.close()
+
+
+async def test_sockets_closed_mid_backlog_leave_no_transaction_open(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    """Closing a socket cancels its backlog read; that must never leave a pooled connection
+    inside an open transaction (holding locks, so that DDL or TRUNCATE would wait forever)."""
+    obj = await create_object(client)
+    await db.execute(
+        "WITH a AS (INSERT INTO alerts (text) SELECT 'x' FROM generate_series(1, 3000) "
+        "RETURNING id) INSERT INTO object_alerts SELECT $1, id FROM a",
+        obj["id"],
+    )
+    for _ in range(100):
+        ws = await connect(client, obj["id"])
+        await ws.close()  # at once: the sender is somewhere in its first pages
+    await eventually(lambda: app_of(client)[hub_key].count_for(obj["id"]) == 0)
+    await db.execute("SET lock_timeout = '3s'")
+    async with db.transaction():
+        await db.execute("LOCK TABLE alerts, object_alerts IN ACCESS EXCLUSIVE MODE")
