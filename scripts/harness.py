@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 import psycopg
 from psycopg import sql
 
@@ -200,6 +201,24 @@ def service(database_url: str, log_path: Path, **settings: str) -> Iterator[Serv
             process.kill()
             process.wait()
         log.close()
+
+
+async def expected_deliveries(db_url: str, object_ids: list[int]) -> dict[int, list[int]]:
+    """What each object's inbox must hold, read from the tables: alert ids in order."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        return {
+            oid: [
+                r["alert_id"]
+                for r in await conn.fetch(
+                    "SELECT alert_id FROM object_alerts WHERE object_id = $1 ORDER BY alert_id",
+                    oid,
+                )
+            ]
+            for oid in object_ids
+        }
+    finally:
+        await conn.close()
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-from harness import ROOT, Recipient, service, target, wait_until
+from harness import ROOT, Recipient, expected_deliveries, service, target, wait_until
 
 
 async def run(args: argparse.Namespace, base_url: str, db_url: str, restart: object) -> int:
@@ -106,18 +106,9 @@ async def run(args: argparse.Namespace, base_url: str, db_url: str, restart: obj
         conn = await asyncpg.connect(db_url)
         try:
             committed = [r["id"] for r in await conn.fetch("SELECT id FROM alerts ORDER BY id")]
-            expected = {
-                oid: [
-                    r["alert_id"]
-                    for r in await conn.fetch(
-                        "SELECT alert_id FROM object_alerts WHERE object_id = $1 ORDER BY alert_id",
-                        oid,
-                    )
-                ]
-                for oid in objects
-            }
         finally:
             await conn.close()
+        expected = await expected_deliveries(db_url, objects)
         await wait_until(
             lambda: all(len(set(r.ids)) >= len(expected[r.object_id]) for r in recipients),
             args.settle,

@@ -26,8 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
-import asyncpg
-from harness import ROOT, Recipient, Service, service, target, wait_until
+from harness import ROOT, Recipient, Service, expected_deliveries, service, target, wait_until
 
 
 async def churn_socket(
@@ -159,20 +158,7 @@ async def run(args: argparse.Namespace, svc: Service, db_url: str) -> int:
         await asyncio.sleep(3)
         await sample(loop.time() - start)
 
-        conn = await asyncpg.connect(db_url)
-        try:
-            expected = {
-                oid: [
-                    r["alert_id"]
-                    for r in await conn.fetch(
-                        "SELECT alert_id FROM object_alerts WHERE object_id = $1 ORDER BY alert_id",
-                        oid,
-                    )
-                ]
-                for oid in watched
-            }
-        finally:
-            await conn.close()
+        expected = await expected_deliveries(db_url, watched)
         await wait_until(
             lambda: all(len(w.ids) >= len(expected[w.object_id]) for w in watchers), 30
         )

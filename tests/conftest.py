@@ -9,6 +9,7 @@ other's rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -155,6 +156,25 @@ def app_of(client: TestClient[Any, Any]) -> web.Application:
     app = client.server.app
     assert app is not None
     return app
+
+
+@contextlib.asynccontextmanager
+async def failing_object_alerts(db: asyncpg.Connection) -> AsyncIterator[None]:
+    """While inside, every object_alerts insert fails: a write that breaks part-way."""
+    await db.execute(
+        """
+        CREATE FUNCTION fail_object_alerts() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+        CREATE TRIGGER fail_object_alerts BEFORE INSERT ON object_alerts
+            FOR EACH ROW EXECUTE FUNCTION fail_object_alerts();
+        """
+    )
+    try:
+        yield
+    finally:
+        await db.execute(
+            "DROP TRIGGER fail_object_alerts ON object_alerts; DROP FUNCTION fail_object_alerts();"
+        )
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

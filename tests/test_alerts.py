@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from .conftest import create_alert, create_object
+from .conftest import create_alert, create_object, failing_object_alerts
 
 Client = TestClient[Any, Any]
 
@@ -143,22 +143,10 @@ async def test_object_ids_limit_is_a_setting(make_client: Any) -> None:
 async def test_failure_part_way_leaves_nothing(client: Client, db: asyncpg.Connection) -> None:
     """An object_alerts row that cannot be written aborts the whole alert: no alert, no rows."""
     a = await create_object(client)
-    await db.execute(
-        """
-        CREATE FUNCTION fail_object_alerts() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION 'injected failure'; END $$;
-        CREATE TRIGGER fail_object_alerts BEFORE INSERT ON object_alerts
-            FOR EACH ROW EXECUTE FUNCTION fail_object_alerts();
-        """
-    )
-    try:
+    async with failing_object_alerts(db):
         response = await client.post("/alert", json={"text": "x", "object_ids": [a["id"]]})
         assert response.status == 500
         assert (await response.json())["error"] == "internal_error"
-    finally:
-        await db.execute(
-            "DROP TRIGGER fail_object_alerts ON object_alerts; DROP FUNCTION fail_object_alerts();"
-        )
     assert await db.fetchval("SELECT count(*) FROM alerts") == 0
     assert await db.fetchval("SELECT count(*) FROM object_alerts") == 0
 

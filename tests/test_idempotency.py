@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from service import idempotency, migrate
 from service.keys import db_key
 
-from .conftest import app_of, create_object
+from .conftest import app_of, create_object, failing_object_alerts
 
 Client = TestClient[Any, Any]
 ALERT_LOCK = 452823510904  # the advisory lock every alert insert takes (migration 0002)
@@ -148,21 +148,9 @@ async def test_failed_transaction_leaves_no_claim(client: Client, db: asyncpg.Co
     """The claim is in the writing transaction: when the write fails, a retry starts afresh."""
     obj = await create_object(client)
     body = {"text": "x", "object_ids": [obj["id"]]}
-    await db.execute(
-        """
-        CREATE FUNCTION fail_object_alerts() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION 'injected failure'; END $$;
-        CREATE TRIGGER fail_object_alerts BEFORE INSERT ON object_alerts
-            FOR EACH ROW EXECUTE FUNCTION fail_object_alerts();
-        """
-    )
-    try:
+    async with failing_object_alerts(db):
         response = await client.post("/alert", json=body, headers=key("retry-me"))
         assert response.status == 500
-    finally:
-        await db.execute(
-            "DROP TRIGGER fail_object_alerts ON object_alerts; DROP FUNCTION fail_object_alerts();"
-        )
     assert await count(db, "idempotency_keys") == 0
     assert await count(db, "alerts") == 0
     response = await client.post("/alert", json=body, headers=key("retry-me"))
