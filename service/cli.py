@@ -124,9 +124,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         )
     with database(config) as url:
         if args.migrate or config.embedded:
-            applied = migrate.apply(url)
-            if applied:
-                log.info("applied migrations: %s", ", ".join(applied))
+            migrate.apply(url)  # logs each migration it applies
         config = config.with_database(url)
         if workers == 1:
             _serve_one(config, reuse_port=False)
