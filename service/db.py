@@ -102,6 +102,7 @@ async def insert_object(conn: Connection, email: str, phone_number: str) -> Row:
 
 
 async def insert_alert(conn: Connection, text: str, object_ids: Sequence[int] | None) -> Row:
+    """Store an alert for the existing ids among `object_ids`, or for everyone if None."""
     if object_ids is None:
         row = await conn.fetchrow(Q.insert_alert_to_all, text)
     else:
@@ -128,11 +129,12 @@ class Database:
             yield conn
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Connection]:
+    async def transaction(self, **options: Any) -> AsyncIterator[Connection]:
+        """Several statements in one explicit transaction (`options` as asyncpg's)."""
         async with (
             unavailable_as_503(),
             self.pool.acquire(timeout=self.timeout) as conn,
-            conn.transaction(),
+            conn.transaction(**options),
         ):
             yield conn
 
@@ -141,10 +143,6 @@ class Database:
             await conn.fetchval("SELECT 1")
 
     # -- objects --------------------------------------------------------------------------
-
-    async def insert_object(self, email: str, phone_number: str) -> Row:
-        async with self.connection() as conn:
-            return await insert_object(conn, email, phone_number)
 
     async def get_object(self, object_id: int) -> Row | None:
         async with self.connection() as conn:
@@ -156,11 +154,6 @@ class Database:
             return bool(await conn.fetchval(Q.object_exists, object_id))
 
     # -- alerts ---------------------------------------------------------------------------
-
-    async def insert_alert(self, text: str, object_ids: Sequence[int] | None) -> Row:
-        """Store an alert for the existing ids among `object_ids`, or for everyone if None."""
-        async with self.connection() as conn:
-            return await insert_alert(conn, text, object_ids)
 
     async def get_alert(self, alert_id: int) -> Row | None:
         async with self.connection() as conn:
@@ -200,11 +193,7 @@ class Database:
         self, after: int, object_ids: Sequence[int]
     ) -> tuple[int, list[tuple[int, bytes, list[int]]]]:
         """The newest alert id, and every alert after `after` for `object_ids`, in one snapshot."""
-        async with (
-            unavailable_as_503(),
-            self.pool.acquire(timeout=self.timeout) as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
+        async with self.transaction(isolation="repeatable_read", readonly=True) as conn:
             last = await conn.fetchval(Q.last_alert_id)
             rows = await conn.fetch(Q.catch_up, after, object_ids) if object_ids else []
         return last, [(row["id"], row["frame"], row["object_ids"]) for row in rows]
