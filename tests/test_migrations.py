@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from service import migrate
+
+from .test_cli import run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,20 +65,8 @@ def test_schema_after_rolling_back_the_realtime_migration_still_works(
 
 
 def test_migrate_command_twice_is_harmless(scratch_database: str, tmp_path: Path) -> None:
-    env = {**os.environ, "DATABASE_URL": scratch_database}
-
-    def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "service", "migrate"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    first, second = run(), run()
+    first = run(["migrate"], tmp_path, DATABASE_URL=scratch_database)
+    second = run(["migrate"], tmp_path, DATABASE_URL=scratch_database)
     assert first.returncode == 0, first.stderr
     assert "applied: 0001.schema" in first.stdout
     assert second.returncode == 0, second.stderr
