@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import auth, console, handlers, logs, metrics, openapi
+from . import auth, console, handlers, inbox, logs, metrics, openapi
 from .config import Config
 from .db import Database, create_pool
 from .errors import ServiceError
@@ -63,7 +63,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/object/{object_id}", handlers.get_object)
     app.router.add_post("/alert", handlers.create_alert)
     app.router.add_get("/alert/{alert_id}", handlers.get_alert)
-    app.router.add_get("/inbox/{object_id}", handlers.inbox)
+    app.router.add_get("/inbox/{object_id}", inbox.inbox)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", metrics.metrics_handler)
@@ -128,5 +128,5 @@ def create_app(config: Config) -> web.Application:
     setup_routes(app)
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(listener_ctx)
-    app.on_shutdown.append(handlers.close_all_inboxes)
+    app.on_shutdown.append(inbox.close_all_inboxes)
     return app

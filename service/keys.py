@@ -18,5 +18,5 @@ config_key = web.AppKey("config", Config)
 db_key = web.AppKey("db", Database)
 hub_key = web.AppKey("hub", Hub)
 listener_key = web.AppKey("listener", Listener)
-sockets_key = web.AppKey("sockets", set[web.WebSocketResponse])  # open inbox sockets
+sockets_key = web.AppKey("sockets", set[web.StreamResponse])  # open inbox streams
 metrics_key: web.AppKey[Metrics] = web.AppKey("metrics")  # the app's own Prometheus registry
