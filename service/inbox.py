@@ -1,19 +1,25 @@
-"""The inbox socket: `WS /inbox/{object_id}`, its session with the hub, and how it closes.
+"""The inbox: `GET /inbox/{object_id}` as a WebSocket or as Server-Sent Events, its session with
+the hub, the backlog, and how a stream ends.
 
-The session is registered with the hub *before* the backlog is read, so an alert committing
-meanwhile is held back and de-duplicated rather than missed (see hub.py); `registered` pairs
-that registration with its removal. Client messages are read by `read_client_messages`, the one
-place that decides what a client may send.
+Both kinds share everything but the encoding of a frame: the checks before any stream starts
+(each refusal is the standard JSON error body), a session registered with the hub *before* the
+backlog is read, so an alert committing meanwhile is held back and de-duplicated rather than
+missed (see hub.py), and `registered`, which pairs that registration with its removal.
+
+A WebSocket costs one task, its handler, which reads what the client sends
+(`read_client_messages`, the one place that decides what a client may send); the backlog has a
+task of its own only while it is being sent. An SSE stream's handler sends the backlog itself,
+then only wakes for keep-alive comments. Live frames are written by the hub (hub.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
 
 from . import auth, schemas
 from .db import Database
@@ -24,6 +30,7 @@ from .errors import (
     TooManySockets,
     TooManySocketsForObject,
 )
+from .frames import SSE_KEEPALIVE, Prepared, http_chunk
 from .handlers import path_id
 from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Session
 from .keys import config_key, db_key, hub_key, sockets_key
@@ -35,17 +42,44 @@ CLOSE_TIMEOUT = 2.0
 CLOSE_TRY_AGAIN = 1013  # the backlog could not be read: the database is unreachable
 CLOSE_INTERNAL_ERROR = 1011
 MAX_CLIENT_MESSAGE = 4096  # a larger client frame closes the socket with 1009
+SSE_RETRY_MS = 2000  # how long an EventSource waits before it reconnects
+SSE_KEEPALIVE_INTERVAL = 15.0  # seconds between comments on an idle SSE stream
 
 
-def parse_after(request: web.Request) -> int:
-    raw = request.query.get("after", "0")
+# -- before any stream starts ----------------------------------------------------------------
+
+
+def _alert_id(raw: str, name: str) -> int:
     if not raw.isascii() or not raw.isdigit() or int(raw) > schemas.MAX_ID:
-        raise MalformedRequest("after must be the id of the last alert received (an integer >= 0)")
+        raise MalformedRequest(
+            f"{name} must be the id of the last alert received (an integer >= 0)"
+        )
     return int(raw)
 
 
+def parse_after(request: web.Request) -> int:
+    return _alert_id(request.query.get("after", "0"), "after")
+
+
+def parse_resume_point(request: web.Request) -> int:
+    """SSE: `Last-Event-ID` (what an EventSource sends when it reconnects) wins over `?after=`,
+    which stays in the URL the EventSource was first opened with."""
+    after = parse_after(request)
+    last_event_id = request.headers.get("Last-Event-ID")
+    if last_event_id is None:
+        return after
+    return _alert_id(last_event_id, "Last-Event-ID")
+
+
+def wants_event_stream(request: web.Request) -> bool:
+    """A WebSocket upgrade is a WebSocket whatever it accepts; otherwise SSE when asked for."""
+    if "websocket" in request.headers.get(hdrs.UPGRADE, "").lower():
+        return False
+    return "text/event-stream" in request.headers.get(hdrs.ACCEPT, "")
+
+
 def check_socket_limits(request: web.Request, object_id: int) -> None:
-    """Refuse before the upgrade: 429 for one object's too many sockets, 503 when full."""
+    """Refuse before the stream starts: 429 for one object's too many, 503 when full."""
     config = request.app[config_key]
     if request.app[hub_key].count_for(object_id) >= config.ws_max_per_object:
         raise TooManySocketsForObject(
@@ -73,49 +107,111 @@ async def registered(
     finally:
         hub.discard(session)
         streams.discard(stream)
+        session.detach()
 
 
 async def inbox(request: web.Request) -> web.StreamResponse:
-    """`GET /inbox/{object_id}`: the inbox as a WebSocket."""
+    """`GET /inbox/{object_id}`: a WebSocket upgrade, or SSE with `Accept: text/event-stream`."""
     object_id = path_id(request, "object_id")
-    after = parse_after(request)
+    sse = wants_event_stream(request)
+    after = parse_resume_point(request) if sse else parse_after(request)
     auth.check_origin(request)
     auth.check_inbox_token(request, object_id)
-    db, config = request.app[db_key], request.app[config_key]
-    if not await db.object_exists(object_id):
+    if not await request.app[db_key].object_exists(object_id):
         raise NotFound(f"no object with id {object_id}")
+    if sse:
+        return await event_stream(request, object_id, after)
+    return await websocket(request, object_id, after)
 
-    # No per-message deflate: frames are small, and compressing them would cost CPU per socket
-    # for bytes that are otherwise encoded once and shared by every recipient.
+
+# -- the backlog -----------------------------------------------------------------------------
+
+
+async def send_backlog(session: Session, db: Database) -> None:
+    """Everything after the session's resume point, oldest first, then live frames.
+
+    A page is at most the session's bound, and the next is read only once the last is written
+    out, so a client that reads is never dropped for the size of its backlog.
+    """
+    page_size = min(BACKLOG_PAGE, session.limit)
+    last = session.last_id
+    while True:
+        # Shielded: a stream closed mid-backlog cancels this task, and a query cancelled
+        # between asyncpg's prepare (Parse/Describe/Flush) and its execution leaves the
+        # server waiting for a Sync inside an open transaction, holding its table locks
+        # (a TRUNCATE or ALTER would then wait forever). The page is read to the end.
+        page = await asyncio.shield(db.inbox_page(session.object_id, last, page_size))
+        for alert_id, payload in page:
+            session.send_backlog(alert_id, payload)
+            last = alert_id
+        await session.flushed()
+        if session.overflowed or session.transport is None:
+            return
+        if len(page) < page_size:
+            break
+    session.start_live(last)
+
+
+# -- WebSocket -------------------------------------------------------------------------------
+
+
+class SocketSession(Session):
+    __slots__ = ("ws",)
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        object_id: int,
+        after: int,
+        limit: int,
+        on_overflow: Callable[[Session], None],
+    ) -> None:
+        super().__init__(object_id, after, limit, on_overflow)
+        self.ws = ws
+
+    def is_open(self) -> bool:
+        # aiohttp marks the socket closed before it writes its close frame.
+        return not self.ws.closed
+
+    async def going_away(self) -> None:
+        if self.ws.prepared:  # one still in its handshake is cancelled with its handler
+            await self.ws.close(code=CLOSE_GOING_AWAY, message=b"server shutdown")
+
+
+async def websocket(request: web.Request, object_id: int, after: int) -> web.WebSocketResponse:
+    config, db = request.app[config_key], request.app[db_key]
+    # No per-message deflate: a compressed frame differs per socket, and frames are small.
     ws = web.WebSocketResponse(
         heartbeat=config.ws_heartbeat, max_msg_size=MAX_CLIENT_MESSAGE, compress=False
     )
     closing: list[asyncio.Task[None]] = []
-    sender: asyncio.Task[None] | None = None
+    backlog: asyncio.Task[None] | None = None
     message = b"too slow: reconnect with ?after=<last id>"
 
     def drop_slow(session: Session) -> None:
         log.info("inbox %s: client too slow, closing with %s", object_id, CLOSE_TOO_SLOW)
         request.app[hub_key].discard(session)  # no more frames, whatever its close handshake takes
-        if sender is not None:
-            sender.cancel()
+        if backlog is not None:
+            backlog.cancel()
         if ws.prepared:  # else it fell behind during its own handshake: see below
             closing.append(asyncio.create_task(close(ws, request, CLOSE_TOO_SLOW, message)))
 
-    session = Session(object_id, after, config.ws_queue_size, drop_slow)
+    session = SocketSession(ws, object_id, after, config.ws_queue_size, drop_slow)
     try:
         async with registered(request, session, ws):  # before the backlog is read: see hub.py
-            await ws.prepare(request)
+            writer = await ws.prepare(request)
+            assert request.transport is not None
+            session.attach(request.transport, writer.drain)
             if session.overflowed:
                 closing.append(asyncio.create_task(close(ws, request, CLOSE_TOO_SLOW, message)))
             else:
-                sender = asyncio.create_task(send_frames(ws, request, session, db))
+                backlog = asyncio.create_task(send_socket_backlog(ws, request, session, db))
             try:
                 await read_client_messages(ws, session)
             finally:
-                if sender is not None:
-                    sender.cancel()
-                await asyncio.gather(*(t for t in (sender, *closing) if t), return_exceptions=True)
+                if backlog is not None:
+                    backlog.cancel()
+                await asyncio.gather(*(t for t in (backlog, *closing) if t), return_exceptions=True)
     finally:
         if ws.prepared and not ws.closed:
             # The peer vanished without a close frame (the handler is cancelled then): closing
@@ -136,35 +232,17 @@ async def read_client_messages(ws: web.WebSocketResponse, session: Session) -> N
             break
 
 
-async def send_frames(
+async def send_socket_backlog(
     ws: web.WebSocketResponse, request: web.Request, session: Session, db: Database
 ) -> None:
-    """Backlog first (in pages, oldest first), then live frames as the hub queues them."""
     try:
-        last = session.last_id
-        while True:
-            # Shielded: a socket closed mid-backlog cancels this task, and a query cancelled
-            # between asyncpg's prepare (Parse/Describe/Flush) and its execution leaves the
-            # server waiting for a Sync inside an open transaction, holding its table locks
-            # (a TRUNCATE or ALTER would then wait forever). The page is read to the end.
-            page = await asyncio.shield(db.inbox_page(session.object_id, last, BACKLOG_PAGE))
-            for alert_id, frame in page:
-                await ws.send_frame(frame, WSMsgType.TEXT)
-                session.meter.sent_backlog()
-                last = alert_id
-            if len(page) < BACKLOG_PAGE:
-                break
-        session.start_live(last)
-        while True:
-            alert_id, frame = await session.queue.get()
-            await ws.send_frame(frame, WSMsgType.TEXT)  # the same bytes for every recipient
-            session.meter.sent(alert_id)
+        await send_backlog(session, db)
     except ConnectionError:
         pass  # the peer is gone; the reading side sees it too and ends the session
     except DatabaseUnavailable:
         await close(ws, request, CLOSE_TRY_AGAIN, b"database unavailable: reconnect")
     except Exception:
-        log.exception("inbox %s: sending failed", session.object_id)
+        log.exception("inbox %s: sending the backlog failed", session.object_id)
         await close(ws, request, CLOSE_INTERNAL_ERROR, b"internal error")
 
 
@@ -177,14 +255,95 @@ async def close(ws: web.WebSocketResponse, request: web.Request, code: int, mess
             request.transport.abort()
 
 
+# -- Server-Sent Events ----------------------------------------------------------------------
+
+
+class EventStreamSession(Session):
+    """An SSE stream: frames are events, carried as HTTP/1.1 chunks (or bare on HTTP/1.0,
+    whose body ends when the connection closes)."""
+
+    __slots__ = ("chunked", "ended")
+
+    def __init__(
+        self,
+        object_id: int,
+        after: int,
+        limit: int,
+        on_overflow: Callable[[Session], None],
+        *,
+        chunked: bool,
+    ) -> None:
+        super().__init__(object_id, after, limit, on_overflow)
+        self.chunked = chunked
+        self.ended = asyncio.get_running_loop().create_future()
+
+    def encode(self, prepared: Prepared) -> bytes:
+        return prepared.sse_chunk if self.chunked else prepared.sse
+
+    def end(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    async def going_away(self) -> None:
+        self.end()
+
+
+async def event_stream(request: web.Request, object_id: int, after: int) -> web.StreamResponse:
+    config, db = request.app[config_key], request.app[db_key]
+    chunked = request.version >= (1, 1)
+    response = web.StreamResponse(
+        headers={
+            hdrs.CONTENT_TYPE: "text/event-stream; charset=utf-8",
+            hdrs.CACHE_CONTROL: "no-cache",
+            "X-Accel-Buffering": "no",  # nginx: pass each event on at once
+        }
+    )
+    if chunked:
+        response.enable_chunked_encoding()
+
+    def drop_slow(session: Session) -> None:
+        log.info("inbox %s: SSE client too slow, ending its stream", object_id)
+        request.app[hub_key].discard(session)
+        assert isinstance(session, EventStreamSession)
+        session.end()
+
+    session = EventStreamSession(object_id, after, config.ws_queue_size, drop_slow, chunked=chunked)
+    async with registered(request, session, response):  # before the backlog: see hub.py
+        writer = await response.prepare(request)
+        assert writer is not None
+        # The headers and `retry:` leave together; from here on frames go to the transport.
+        await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
+        transport = request.transport
+        if transport is None:
+            return response
+        session.attach(transport, writer.drain)
+        keepalive = http_chunk(SSE_KEEPALIVE) if chunked else SSE_KEEPALIVE
+        try:
+            await send_backlog(session, db)
+            while not session.ended.done():
+                await asyncio.wait({session.ended}, timeout=SSE_KEEPALIVE_INTERVAL)
+                if session.ended.done():
+                    break
+                if session.transport is None or transport.is_closing():
+                    break  # the client is gone: nothing tells an SSE handler but a write
+                session.send(0, keepalive)
+        except (ConnectionError, DatabaseUnavailable) as exc:
+            log.info("inbox %s: SSE stream ends: %s", object_id, type(exc).__name__)
+    if not transport.is_closing():
+        try:
+            await asyncio.wait_for(response.write_eof(), CLOSE_TIMEOUT)
+        except (TimeoutError, ConnectionError):
+            transport.abort()
+    return response
+
+
+# -- shutdown --------------------------------------------------------------------------------
+
+
 async def close_all_inboxes(app: web.Application) -> None:
-    """on_shutdown: tell every open socket that the server is going away (1001)."""
-    sockets = app[sockets_key]
-    closers = [
-        asyncio.ensure_future(ws.close(code=CLOSE_GOING_AWAY, message=b"server shutdown"))
-        for ws in list(sockets)
-        # one still in its handshake is cancelled with its handler
-        if isinstance(ws, web.WebSocketResponse) and ws.prepared
-    ]
+    """on_shutdown: tell every open stream that the server is going away (WebSocket: 1001)."""
+    hub = app[hub_key]
+    await hub.stop()
+    closers = [asyncio.ensure_future(session.going_away()) for session in hub.sessions()]
     if closers:
         await asyncio.wait(closers, timeout=CLOSE_TIMEOUT)

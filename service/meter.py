@@ -38,6 +38,17 @@ class Meter:
         """One frame read from the tables (not from a NOTIFY) was written to a socket."""
         self.frames_sent += 1
 
+    def sent_live(self, alert_id: int, count: int) -> None:
+        """`count` live frames of `alert_id` were written to sockets just now."""
+        if not count:
+            return
+        self.frames_sent += count
+        at = self._notified.get(alert_id)
+        if at is not None:
+            elapsed = time.monotonic() - at
+            self.latency_counts[bisect_left(LATENCY_BUCKETS, elapsed)] += count
+            self.latency_sum += elapsed * count
+
     def sent(self, alert_id: int) -> None:
         """One live frame of `alert_id` was written to a socket."""
         self.frames_sent += 1
