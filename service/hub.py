@@ -107,6 +107,9 @@ class Session:
     async def going_away(self) -> None:
         """The server is shutting down: end the stream politely."""
 
+    def gone(self) -> None:
+        """A write found the connection closing: the stream may end now."""
+
     # -- the transport ---------------------------------------------------------------------
 
     def attach(self, transport: asyncio.Transport, drain: Drain) -> None:
@@ -135,6 +138,8 @@ class Session:
         """Write `data` now if the stream is not backed up (True), else queue it (False)."""
         transport = self._writable()
         if transport is None:
+            if self.transport is not None:
+                self.gone()
             return False  # closed or closing: the frame is simply not sent
         queue = self.queue
         if not queue and transport.get_write_buffer_size() <= LOW_WATER:

@@ -287,6 +287,9 @@ class EventStreamSession(Session):
     async def going_away(self) -> None:
         self.end()
 
+    def gone(self) -> None:
+        self.end()
+
 
 async def event_stream(request: web.Request, object_id: int, after: int) -> web.StreamResponse:
     config, db = request.app[config_key], request.app[db_key]

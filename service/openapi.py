@@ -20,7 +20,10 @@ from .config import Config
 from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW
 from .keys import config_key
 
-CLOSE_TRY_AGAIN = 1013  # handlers.CLOSE_TRY_AGAIN; handlers is not imported to keep this a leaf
+# inbox.py's; inbox is not imported to keep this a leaf
+CLOSE_TRY_AGAIN = 1013
+SSE_RETRY_MS = 2000
+SSE_KEEPALIVE_INTERVAL = 15.0
 
 DESCRIPTION = """\
 Contacts ("objects") and alerts stored in PostgreSQL; each alert is pushed to the open inbox
@@ -41,7 +44,18 @@ text frame per alert, shaped as the `AlertFrame` schema, for example
      "number_of_objects_receiving_alert": 3, "created_at": "2026-11-26T01:17:44.521340+00:00"}}
 
 Each alert arrives exactly once and in id order. What the client sends is ignored; the server
-pings every `WS_HEARTBEAT` seconds and closes a peer that misses a pong.
+pings every `WS_HEARTBEAT` seconds and closes a peer that misses a pong. When the object's read
+cursor moves, the server sends `{{"acked_alert_id": N, "unread": M}}` (never an alert: it has no
+`id`).
+
+**Server-Sent Events**: the same `GET` with `Accept: text/event-stream` (and no upgrade)
+answers 200 with a `text/event-stream`: `retry: {SSE_RETRY_MS}` first, then one event per alert
+(`id: <alert id>`, `data: <the same AlertFrame JSON>`), read cursor moves as `event: ack`, and a
+`: keep-alive` comment every {SSE_KEEPALIVE_INTERVAL:.0f} s. It resumes from the `Last-Event-ID`
+header (which wins over `after`), as an `EventSource` does by itself. A stream that falls
+`WS_QUEUE_SIZE` events behind, or whose server shuts down, simply ends: reconnect with
+`Last-Event-ID` and nothing is missed. Every refusal (400, 401, 403, 404, 429, 503) comes
+before the stream starts, as a JSON error body.
 
 Close codes (after any of them, reconnect with `?after=<id of the last frame received>` and
 nothing is missed):
@@ -208,7 +222,7 @@ def build(config: Config) -> dict[str, Any]:
         path="/inbox/{object_id}",
         operations={
             "get": {
-                "summary": "Watch an object's inbox (WebSocket)",
+                "summary": "Watch an object's inbox (WebSocket or Server-Sent Events)",
                 "description": INBOX_DESCRIPTION,
                 "parameters": [
                     _path_id("object_id", "object"),
@@ -226,15 +240,27 @@ def build(config: Config) -> dict[str, Any]:
                         "description": "the object's inbox_token; needed with INBOX_SECRET",
                         "schema": {"type": "string"},
                     },
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "SSE only: id of the last event received; wins over after",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
                 ],
                 "responses": {
+                    "200": _plain(
+                        "with Accept: text/event-stream, the inbox as Server-Sent Events",
+                        "text/event-stream",
+                    ),
                     "101": {
                         "description": "switching to the WebSocket protocol; frames are "
                         "`AlertFrame` JSON text",
                         "content": {"application/json": {"schema": schemas.AlertFrame}},
                     },
                     "400": {
-                        "description": "malformed_request: `after` is not an integer >= 0",
+                        "description": "malformed_request: `after` or `Last-Event-ID` is not "
+                        "an integer >= 0",
                         "content": {"application/json": {"schema": schemas.Error}},
                     },
                     "401": _error("unauthorized: INBOX_SECRET is set and no token was sent"),

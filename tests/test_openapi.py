@@ -90,4 +90,10 @@ async def test_the_websocket_is_described(client: Client) -> None:
         assert f"| {code} |" in inbox["description"]
     assert "AlertFrame" in inbox["description"]
     assert "101" in inbox["responses"]
-    assert [p["name"] for p in inbox["parameters"]] == ["object_id", "after", "token"]
+    assert [p["name"] for p in inbox["parameters"]] == [
+        "object_id",
+        "after",
+        "token",
+        "Last-Event-ID",
+    ]
+    assert "text/event-stream" in inbox["responses"]["200"]["content"]
