@@ -116,7 +116,7 @@ async def inbox(request: web.Request) -> web.StreamResponse:
     sse = wants_event_stream(request)
     after = parse_resume_point(request) if sse else parse_after(request)
     auth.check_origin(request)
-    auth.check_inbox_token(request, object_id)
+    auth.check_object_access(request, object_id)  # the middleware made it already; kept here
     if not await request.app[db_key].object_exists(object_id):
         raise NotFound(f"no object with id {object_id}")
     if sse:
