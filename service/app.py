@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import auth, console, handlers, logs, metrics, openapi
+from . import auth, console, errors, handlers, logs, metrics, openapi
 from .config import Config
 from .db import Database, create_pool
 from .errors import ServiceError
@@ -23,15 +23,6 @@ from .listener import Listener
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# aiohttp's own HTTP errors, as stable codes for the standard error body.
-HTTP_ERROR_CODES = {
-    400: "malformed_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-}
-
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -45,7 +36,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = HTTP_ERROR_CODES.get(exc.status, exc.reason.lower().replace(" ", "_"))
+        known = errors.BY_AIOHTTP_STATUS.get(exc.status)
+        code = known.code if known else exc.reason.lower().replace(" ", "_")
         response = handlers.json_response({"error": code, "message": exc.reason}, exc.status)
         for header in ("Allow",):
             if header in exc.headers:
@@ -53,9 +45,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return response
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return handlers.json_response(
-            {"error": "internal_error", "message": "an unexpected error occurred"}, status=500
-        )
+        internal = errors.ServiceError("an unexpected error occurred")
+        return handlers.json_response(internal.body(), status=internal.status)
 
 
 def setup_routes(app: web.Application) -> None:
