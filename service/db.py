@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+from aiohttp import web
 from asyncpg.pool import PoolConnectionProxy
 
 from .errors import DatabaseUnavailable
+from .keys import config_key, db_key
 
 log = logging.getLogger(__name__)
 
@@ -197,3 +199,22 @@ class Database:
             last = await conn.fetchval(Q.last_alert_id)
             rows = await conn.fetch(Q.catch_up, after, object_ids) if object_ids else []
         return last, [(row["id"], row["frame"], row["object_ids"]) for row in rows]
+
+
+def pool_context(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The app's pool on `dsn` as a cleanup context: opened before the server accepts
+    connections (a wrong setting fails start-up), closed after the last request."""
+
+    async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
+        config = app[config_key]
+        pool = await create_pool(
+            dsn,
+            min_size=config.db_pool_min_size,
+            max_size=config.db_pool_max_size,
+            timeout=config.db_timeout,
+        )
+        app[db_key] = Database(pool, timeout=config.db_timeout)
+        yield
+        await pool.close()
+
+    return pool_ctx

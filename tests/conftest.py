@@ -117,7 +117,9 @@ async def make_client(
     """A client of a fresh app, with settings overridden as keyword arguments."""
 
     async def make(**overrides: str) -> TestClient[Any, Any]:
-        return await aiohttp_client(create_app(make_config(database_url, **overrides)))
+        return await aiohttp_client(
+            create_app(make_config(database_url, **overrides), database_url)
+        )
 
     return make
 

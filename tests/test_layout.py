@@ -1,13 +1,15 @@
-"""The import graph of service/ and bench/: no cycle, and keys.py a leaf.
+"""The layout of the code: the import graph of service/ and bench/ (no cycle, keys.py a leaf),
+and the README's module table against the tree.
 
-Read from the source with `ast` (nothing is imported), counting every import the code runs,
-module-level or inside a function, and leaving out those under `if TYPE_CHECKING:`, which
-exist for the type checker only.
+The graph is read from the source with `ast` (nothing is imported), counting every import the
+code runs, module-level or inside a function, and leaving out those under `if TYPE_CHECKING:`,
+which exist for the type checker only.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,3 +114,14 @@ def test_keys_is_a_leaf() -> None:
 
 def test_the_bench_report_does_not_import_the_orchestrator() -> None:
     assert "bench.run" not in graph()["bench.report"]
+
+
+def test_the_readme_module_table_matches_the_tree() -> None:
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"^\| `(service/[a-z_]+\.py)` \|", readme, flags=re.MULTILINE))
+    on_disk = {
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "service").glob("*.py")
+        if p.name not in {"__init__.py", "__main__.py"}
+    }
+    assert listed == on_disk
