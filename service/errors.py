@@ -85,7 +85,7 @@ class DatabaseUnavailable(ServiceError):
 class Unauthorized(ServiceError):
     status = 401
     code = "unauthorized"
-    meaning = "API_KEYS is set and no valid Bearer key was sent"
+    meaning = "no credential was sent (see the route's security)"
 
     def __init__(self, message: str, *, realm: str = "inbox") -> None:
         super().__init__(message)
@@ -95,7 +95,10 @@ class Unauthorized(ServiceError):
 class Forbidden(ServiceError):
     status = 403
     code = "forbidden"
-    meaning = "a wrong token, or an Origin not in ALLOWED_ORIGINS"
+    meaning = (
+        "the credential does not open this route (a wrong key, a wrong token, another "
+        "object's token)"
+    )
 
 
 class IdempotencyKeyReused(ServiceError):
