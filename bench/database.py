@@ -7,16 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psutil
 
-from service import embedded, migrate
+import testbed
+from service import migrate
 
 from .common import Tree
 from .plan import EMBEDDED_DIR, progress
@@ -45,10 +44,6 @@ $$
 """
 
 
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
 @dataclass
 class BenchDatabase:
     admin_url: str  # a database to run CREATE/DROP DATABASE from
@@ -73,52 +68,23 @@ async def server_facts(url: str) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def database_server() -> Iterator[tuple[str, str]]:
-    """(admin URL, kind): DATABASE_URL's server, or the embedded one with room for 300 clients."""
-    configured = os.environ.get("DATABASE_URL")
-    if configured:
-        yield configured, "DATABASE_URL server"
-        return
-    server = embedded.start(EMBEDDED_DIR, database="postgres")
-    url = server.url
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        current = conn.execute("SHOW max_connections").fetchone()
-        if current is not None and int(current[0]) < 300:
-            # 100 LISTEN processes + pools + load generators do not fit the default 100.
-            conn.execute("ALTER SYSTEM SET max_connections = 300")
-            restart = True
-        else:
-            restart = False
-    if restart:
-        server.stop()
-        server = embedded.start(EMBEDDED_DIR, database="postgres")
-        url = server.url
-    try:
-        yield url, f"embedded PostgreSQL in {EMBEDDED_DIR.name}/"
-    finally:
-        server.stop()
+    """(admin URL, kind): DATABASE_URL's server, or the embedded one with room for 300 clients
+    (100 LISTEN processes + pools + load generators do not fit the default 100)."""
+    with testbed.pg_server(
+        os.environ.get("DATABASE_URL"), EMBEDDED_DIR, max_connections=300
+    ) as server:
+        yield server.admin_url, server.description
 
 
 async def create_database(admin_url: str, suffix: str) -> str:
-    name = f"inbox_bench_{os.getpid()}_{suffix}_{secrets.token_hex(3)}"
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = with_database(admin_url, name)
+    """A migrated database of this run's own (testbed.create_database)."""
+    url = await asyncio.to_thread(testbed.create_database, admin_url, f"inbox_bench_{suffix}")
     await asyncio.to_thread(migrate.apply, url)
     return url
 
 
 async def drop_database(admin_url: str, url: str) -> None:
-    name = urlsplit(url).path.lstrip("/")
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await asyncio.to_thread(testbed.drop_database, admin_url, url)
 
 
 async def sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:

@@ -1,37 +1,27 @@
 """Child processes of a run: load generators speaking the line protocol of common.py
-(`Worker`), and the service or the bare broadcast server on a free port (`serve`)."""
+(`Worker`), and the service or the bare broadcast server on a free port (`serve`, on
+testbed.server_process)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
+
+import testbed
+from testbed import child_env, free_port
 
 from .common import Tree
 from .plan import RESULTS, ROOT
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL"))}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
+__all__ = ["Server", "Worker", "child_env", "free_port", "serve", "service_argv"]
 
 
 class Worker:
@@ -100,46 +90,35 @@ class Worker:
 class Server:
     """The service (or the bare broadcast server) running as a subprocess on a free port."""
 
-    proc: asyncio.subprocess.Process
-    url: str
+    process: testbed.ServerProcess
     name: str
 
     @property
+    def url(self) -> str:
+        return self.process.url
+
+    @property
     def tree(self) -> Tree:
-        return Tree(self.proc.pid)
+        return Tree(self.process.pid)
 
 
-@contextlib.asynccontextmanager
-async def serve(
-    argv: list[str], env: dict[str, str], log: Any, port: int, name: str, ready_path: str
-) -> AsyncIterator[Server]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, env=env, cwd=ROOT, stdout=log, stderr=log, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(600):
-                if proc.returncode is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode} (see service.log)")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(url + ready_path) as resp:
-                        if resp.status in (200, 404, 405):
-                            break
-                await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError(f"{name} did not become ready")
-        yield Server(proc, url, name)
-    finally:
-        if proc.returncode is None:
-            # py-spy writes its profile on SIGINT; the service treats it like SIGTERM.
-            os.killpg(proc.pid, signal.SIGINT if "py-spy" in argv[0] else signal.SIGTERM)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 15)
-        # Whatever is left of its process group (a worker, py-spy's child) goes too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+@contextlib.contextmanager
+def serve(
+    argv: list[str], log: Any, port: int, name: str, ready_path: str, **env: str
+) -> Iterator[Server]:
+    """`argv` listening on `port` (testbed.server_process), with `env` added to the
+    environment. py-spy writes its profile on SIGINT; the service treats it like SIGTERM."""
+    with testbed.server_process(
+        argv,
+        port,
+        env=child_env(**env),
+        log=log,
+        ready_path=ready_path,
+        ready_statuses=(200, 404, 405),
+        stop_signal=signal.SIGINT if "py-spy" in argv[0] else signal.SIGTERM,
+        stop_timeout=15,
+    ) as process:
+        yield Server(process, name)
 
 
 def service_argv(workers: int, port: int, profile: bool = False) -> list[str]:
@@ -156,16 +135,4 @@ def service_argv(workers: int, port: int, profile: bool = False) -> list[str]:
         str(RESULTS / f"profile-workers{workers}.txt"),
         "--",
     ]
-    return [
-        *(spy if profile else []),
-        sys.executable,
-        "-m",
-        "service",
-        "serve",
-        "--workers",
-        str(workers),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    return [*(spy if profile else []), *testbed.service_argv(port, workers)]

@@ -37,7 +37,7 @@ from .plan import (
     machine,
     progress,
 )
-from .procs import child_env, free_port, serve, service_argv
+from .procs import free_port, serve, service_argv
 from .scenarios import runner
 from .session import Bench
 
@@ -45,15 +45,14 @@ from .session import Bench
 async def per_workers(bench: Bench, workers: int) -> None:
     """Every service scenario against one `inbox serve --workers W`."""
     port = free_port()
-    env = child_env(DATABASE_URL=bench.db.url)
     progress(f"starting inbox serve --workers {workers}")
-    async with serve(
+    with serve(
         service_argv(workers, port, bench.plan.profile),
-        env,
         bench.service_log,
         port,
         "service",
         "/readyz",
+        DATABASE_URL=bench.db.url,
     ) as server:
         for name in SERVICE_SCENARIOS:
             if bench.plan.runs(name):

@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psycopg
@@ -22,68 +20,34 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, settings
-from psycopg import sql
 
-from service import embedded, migrate
+import testbed
 from service.app import create_app
 from service.config import Config
 
 TABLES = "object_alerts, alerts, objects, idempotency_keys"
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     """An admin URL of the PostgreSQL server the tests run against."""
     config = Config.from_env()
-    if config.database_url is not None:
-        yield config.database_url
-        return
-    server = embedded.start(config.embedded_data_dir)
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-def create_database(server_url: str, prefix: str = "inbox_test") -> str:
-    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return with_database(server_url, name)
-
-
-def drop_database(server_url: str, url: str) -> None:
-    name = urlsplit(url).path.lstrip("/")
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    with testbed.pg_server(config.database_url, config.embedded_data_dir) as server:
+        yield server.admin_url
 
 
 @pytest.fixture(scope="session")
 def database_url(server_url: str) -> Iterator[str]:
     """This run's own database, migrated to the newest schema."""
-    url = create_database(server_url)
-    try:
-        migrate.apply(url)
+    with testbed.throwaway_database(server_url, "inbox_test") as url:
         yield url
-    finally:
-        drop_database(server_url, url)
 
 
 @pytest.fixture
 def scratch_database(server_url: str) -> Iterator[str]:
     """An empty database of its own, for tests of migrations themselves."""
-    url = create_database(server_url, prefix="inbox_scratch")
-    try:
+    with testbed.throwaway_database(server_url, "inbox_scratch", migrated=False) as url:
         yield url
-    finally:
-        drop_database(server_url, url)
 
 
 @pytest.fixture(autouse=True)

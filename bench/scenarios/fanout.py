@@ -12,7 +12,7 @@ from typing import Any
 from ..common import summarize_ms
 from ..database import last_alert_id, reset
 from ..plan import progress
-from ..procs import Server, child_env, free_port, serve
+from ..procs import Server, free_port, serve
 from ..session import Bench
 
 
@@ -28,9 +28,8 @@ async def run(bench: Bench, server: Server, workers: int) -> None:
 
 async def bare(bench: Bench, k: int) -> dict[str, Any]:
     port = free_port()
-    async with serve(
+    with serve(
         [sys.executable, "-m", "bench.broadcast", str(port)],
-        child_env(),
         bench.service_log,
         port,
         "bare",
