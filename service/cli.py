@@ -69,11 +69,18 @@ def database(config: Config) -> Iterator[str]:
         log.info("embedded PostgreSQL stopped")
 
 
+def direct_url(config: Config, url: str) -> str:
+    """Where migrations run: LISTEN_DATABASE_URL when set (PostgreSQL itself, as LISTEN needs),
+    not a transaction pooler in front of it."""
+    return config.listen_database_url or url
+
+
 # -- commands -------------------------------------------------------------------------------
 
 
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     with database(config) as url:
+        url = direct_url(config, url)
         if args.rollback:
             done = migrate.rollback(url, args.rollback)
             print(f"rolled back: {', '.join(done) or 'nothing'}")
@@ -115,7 +122,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         )
     with database(config) as url:
         if args.migrate or config.embedded:
-            migrate.apply(url)  # logs each migration it applies
+            migrate.apply(direct_url(config, url))  # logs each migration it applies
         if workers == 1:
             _serve_one(config, url, reuse_port=False)
             return 0

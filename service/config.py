@@ -135,9 +135,16 @@ class Config:
     listen_database_url: str | None = setting(
         "",
         _postgres_url,
-        "URL for the one LISTEN connection per process; defaults to the main database URL. "
-        "Point it at the primary directly when the main URL goes through a transaction-pooling "
-        "PgBouncer.",
+        "URL for the one LISTEN connection per process, and for migrations; defaults to the "
+        "main database URL. Point it at the primary directly when the main URL goes through a "
+        "transaction-pooling PgBouncer.",
+    )
+    db_transaction_pooling: bool = setting(
+        "false",
+        _bool,
+        "true when DATABASE_URL goes through a transaction-pooling PgBouncer (or another pooler "
+        "that lends a server connection per transaction): no prepared statement outlives its "
+        "transaction, and each query runs in an explicit one. Needs LISTEN_DATABASE_URL",
     )
     embedded_data_dir: Path = setting(
         ".pgdata",
@@ -274,6 +281,11 @@ class Config:
                 raise ConfigError(f"{s.env}={raw!r} is not valid: {exc}") from None
         values["database_url"], values["database_url_setting"] = _database_url(values)
         values["db_pool_max_size"] = max(values["db_pool_max_size"], values["db_pool_min_size"])
+        if values["db_transaction_pooling"] and not values["listen_database_url"]:
+            raise ConfigError(
+                "DB_TRANSACTION_POOLING=true needs LISTEN_DATABASE_URL pointing at PostgreSQL "
+                "itself: a transaction pooler cannot hold a LISTEN"
+            )
         return cls(**values)
 
 

@@ -13,6 +13,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psycopg
@@ -60,6 +61,26 @@ def clean_tables(request: pytest.FixtureRequest) -> None:
         conn.execute("ALTER SEQUENCE alerts_id_seq RESTART")
 
 
+# With TEST_PGBOUNCER=host:port (a transaction-pooling PgBouncer in front of the same server, as
+# `.ci/pgbouncer start` runs one), the apps of `make_client` reach the database through it, as a
+# deployment behind PgBouncer does: DATABASE_URL through the pooler, LISTEN_DATABASE_URL
+# straight to PostgreSQL, DB_TRANSACTION_POOLING=true. The tests' own connections stay direct.
+PGBOUNCER = os.environ.get("TEST_PGBOUNCER", "")
+
+
+def through_pgbouncer(database_url: str) -> dict[str, str]:
+    """The settings that point an app at `database_url`, through TEST_PGBOUNCER when set."""
+    if not PGBOUNCER:
+        return {"DATABASE_URL": database_url}
+    parts = urlsplit(database_url)
+    user = f"{parts.username}@" if parts.username else ""
+    return {
+        "DATABASE_URL": urlunsplit(parts._replace(netloc=user + PGBOUNCER)),
+        "LISTEN_DATABASE_URL": database_url,
+        "DB_TRANSACTION_POOLING": "true",
+    }
+
+
 def make_config(database_url: str, **overrides: str) -> Config:
     environ = {"DATABASE_URL": database_url, "DB_TIMEOUT": "3", "WS_HEARTBEAT": "5"}
     environ.update(overrides)
@@ -81,9 +102,9 @@ async def make_client(
     """A client of a fresh app, with settings overridden as keyword arguments."""
 
     async def make(**overrides: str) -> TestClient[Any, Any]:
-        return await aiohttp_client(
-            create_app(make_config(database_url, **overrides), database_url)
-        )
+        config = make_config(database_url, **{**through_pgbouncer(database_url), **overrides})
+        assert config.database_url is not None
+        return await aiohttp_client(create_app(config, config.database_url))
 
     return make
 
