@@ -40,9 +40,6 @@ from .meter import Meter
 
 log = logging.getLogger(__name__)
 
-CLOSE_TOO_SLOW = 4008
-CLOSE_GOING_AWAY = 1001
-
 # Unsent bytes a transport may hold before its stream counts as backed up and frames queue.
 # Set as both of the transport's write-buffer marks, so "above it" and "paused" are one state
 # and the transport's resume_writing tells when the queue can move again.

@@ -32,18 +32,22 @@ from .errors import (
 )
 from .frames import SSE_KEEPALIVE, Prepared, http_chunk
 from .handlers import path_id
-from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Session
+from .hub import Session
 from .keys import config_key, db_key, hub_key, sockets_key
+from .wire import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_TOO_SLOW,
+    CLOSE_TRY_AGAIN,
+    SSE_KEEPALIVE_INTERVAL,
+    SSE_RETRY_MS,
+)
 
 log = logging.getLogger(__name__)
 
 BACKLOG_PAGE = 1000
 CLOSE_TIMEOUT = 2.0
-CLOSE_TRY_AGAIN = 1013  # the backlog could not be read: the database is unreachable
-CLOSE_INTERNAL_ERROR = 1011
 MAX_CLIENT_MESSAGE = 4096  # a larger client frame closes the socket with 1009
-SSE_RETRY_MS = 2000  # how long an EventSource waits before it reconnects
-SSE_KEEPALIVE_INTERVAL = 15.0  # seconds between comments on an idle SSE stream
 
 
 # -- before any stream starts ----------------------------------------------------------------

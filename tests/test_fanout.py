@@ -17,6 +17,7 @@ import service.hub
 from service.frames import Prepared, http_chunk, sse_event, ws_text_frame
 from service.inbox import close_all_inboxes
 from service.keys import hub_key
+from service.wire import CLOSE_GOING_AWAY
 
 from .conftest import app_of, create_alert, create_object, eventually
 from .test_inbox import connect, connected, receive
@@ -119,7 +120,7 @@ async def test_frames_interleave_with_heartbeats_and_a_close_whole(make_client: 
     raw.close()
     assert ids == posted
     assert pings > 0
-    assert close_code == service.hub.CLOSE_GOING_AWAY
+    assert close_code == CLOSE_GOING_AWAY
 
 
 async def test_publish_ack_reaches_every_open_inbox_of_the_object(client: Client) -> None:

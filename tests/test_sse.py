@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 import service.inbox
+import service.wire
 from service.inbox import close_all_inboxes
 from service.keys import hub_key
 
@@ -104,7 +105,7 @@ async def test_backlog_then_live_exactly_once_in_order(client: Client) -> None:
     backlog = await stream.alerts(2)
     assert [f["id"] for f in backlog] == [first["id"], second["id"]]
     assert backlog == await receive(ws, 2)  # the same JSON as the WebSocket frames
-    assert stream.retry == service.inbox.SSE_RETRY_MS
+    assert stream.retry == service.wire.SSE_RETRY_MS
     third = await create_alert(client, text="three", object_ids=[obj["id"]])
     assert [f["id"] for f in await stream.alerts(1)] == [third["id"]]
     await stream.assert_silent()
@@ -308,15 +309,7 @@ async def test_http_1_0_gets_bare_events_ended_by_the_close(client: Client) -> N
     assert head.startswith(b"HTTP/1.0 200")
     assert b"chunked" not in head.lower()
     body = await asyncio.wait_for(reader.readuntil(b"\n\n" + b"id: "), 5)
-    assert body == b"retry: %d\n\nid: " % service.inbox.SSE_RETRY_MS
+    assert body == b"retry: %d\n\nid: " % service.wire.SSE_RETRY_MS
     line = await asyncio.wait_for(reader.readline(), 5)
     assert line == b"%d\n" % alert["id"]
     writer.close()
-
-
-def test_the_openapi_document_states_the_sse_constants() -> None:
-    import service.openapi
-
-    assert service.openapi.SSE_RETRY_MS == service.inbox.SSE_RETRY_MS
-    assert service.openapi.SSE_KEEPALIVE_INTERVAL == service.inbox.SSE_KEEPALIVE_INTERVAL
-    assert service.openapi.CLOSE_TRY_AGAIN == service.inbox.CLOSE_TRY_AGAIN
