@@ -230,9 +230,9 @@ class _Burst:
 
     __slots__ = ("done", "objects", "prepared", "sessions")
 
-    def __init__(self, prepared: Prepared, objects: set[int], sessions: list[Session]) -> None:
+    def __init__(self, prepared: Prepared, sessions: list[Session]) -> None:
         self.prepared = prepared
-        self.objects = objects
+        self.objects: set[int] = set()  # filled in when it is queued
         self.sessions = sessions
         self.done = 0  # sessions[:done] have been offered the frame
 
@@ -290,7 +290,7 @@ class Hub:
         by_object = self._by_object
         object_ids = [oid for oid in object_ids if oid in by_object]
         sessions = [s for oid in object_ids for s in by_object[oid]]
-        burst = _Burst(Prepared(alert_id, frame), set(object_ids), sessions)
+        burst = _Burst(Prepared(alert_id, frame), sessions)
         if not self._bursts:
             self._write_slice(burst)
         elif len(sessions) <= SLICE:
@@ -298,6 +298,7 @@ class Hub:
             self._write_slice(burst)
         # else: a burst behind bursts is written after them, in order
         if burst.done < len(sessions):
+            burst.objects = set(object_ids)
             self._bursts.append(burst)
             if self._burst_writer is None:
                 self._burst_writer = asyncio.get_running_loop().create_task(
@@ -347,6 +348,7 @@ class Hub:
                 self._write_slice(burst)
                 if burst.done >= len(burst.sessions):
                     self._bursts.popleft()
+                    self.meter.burst_done(burst.prepared.alert_id)
         finally:
             self._burst_writer = None
 

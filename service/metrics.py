@@ -28,7 +28,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from .keys import config_key, db_key, hub_key, listener_key, metrics_key, sockets_key
-from .meter import LATENCY_BUCKETS
+from .meter import BURST_BUCKETS, LATENCY_BUCKETS
 from .wire import STATUS_CLIENT_GONE
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,9 @@ class RealtimeCollector(Collector):
         meter = app[hub_key].meter
         listener = app.get(listener_key)
         yield GaugeMetricFamily(
-            "inbox_open_sockets", "inbox WebSockets open", value=len(app[sockets_key])
+            "inbox_open_sockets",
+            "inbox WebSockets and SSE streams open",
+            value=len(app[sockets_key]),
         )
         yield GaugeMetricFamily(
             "inbox_listener_ready",
@@ -109,6 +111,17 @@ class RealtimeCollector(Collector):
             "from a NOTIFY reaching this process to the frame being written to a socket",
             buckets=buckets,
             sum_value=meter.latency_sum,
+        )
+        cumulative, buckets = 0, []
+        for bound, count in zip((*BURST_BUCKETS, math.inf), meter.burst_counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            "inbox_burst_seconds",
+            "from a NOTIFY reaching this process to the last frame of an alert for more open "
+            "inboxes than one slice (500) written (or queued for a backed-up socket)",
+            buckets=buckets,
+            sum_value=meter.burst_sum,
         )
 
 

@@ -71,6 +71,8 @@ async def test_a_burst_in_slices_keeps_every_stream_in_order(
         ]
         got = [f["id"] for f in await receive(ws, len(expected))]
         assert got == expected
+    # Each burst's span (NOTIFY to its last frame) is measured once: 15 alerts to everyone.
+    assert sum(app_of(client)[hub_key].meter.burst_counts) == 15
     for ws in sockets:
         await ws.close()
 
