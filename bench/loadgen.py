@@ -214,8 +214,9 @@ async def clients_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> d
     state = {"out_of_order": 0, "closed": 0, "connect_errors": 0}
     sockets: list[Any] = []
     connecting = asyncio.Semaphore(cfg.get("connect_concurrency", 100))
-    sources = cfg.get("sources", 0)
-    sessions = [ws_session(f"127.0.0.{2 + n}") for n in range(sources)] or [ws_session()]
+    sources, offset = cfg.get("sources", 0), cfg.get("source_offset", 0)
+    sessions = [ws_session(f"127.0.0.{2 + offset + n}") for n in range(sources)]
+    sessions = sessions or [ws_session()]
 
     all_tried = asyncio.Event()
 
