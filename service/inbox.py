@@ -33,7 +33,8 @@ from .errors import (
 from .frames import SSE_KEEPALIVE, Prepared, http_chunk
 from .handlers import path_id
 from .hub import Session
-from .keys import config_key, db_key, hub_key, sockets_key
+from .keys import config_key, db_key, hub_key, listener_key, sockets_key
+from .listener import Listener
 from .wire import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -131,15 +132,16 @@ async def inbox(request: web.Request) -> web.StreamResponse:
 # -- the backlog -----------------------------------------------------------------------------
 
 
-async def send_backlog(session: Session, db: Database) -> None:
+async def send_backlog(session: Session, db: Database, listener: Listener) -> None:
     """Everything after the session's resume point, oldest first, then live frames.
 
     A page is at most the session's bound, and the next is read only once the last is written
-    out, so a client that reads is never dropped for the size of its backlog.
+    out, so a client that reads is never dropped for the size of its backlog. A client already
+    up to date (nothing newer has been heard of since it registered) costs no query at all.
     """
     page_size = min(BACKLOG_PAGE, session.limit)
     last = session.last_id
-    while True:
+    while not listener.nothing_after(last):
         # Shielded: a stream closed mid-backlog cancels this task, and a query cancelled
         # between asyncpg's prepare (Parse/Describe/Flush) and its execution leaves the
         # server waiting for a Sync inside an open transaction, holding its table locks
@@ -240,7 +242,7 @@ async def send_socket_backlog(
     ws: web.WebSocketResponse, request: web.Request, session: Session, db: Database
 ) -> None:
     try:
-        await send_backlog(session, db)
+        await send_backlog(session, db, request.app[listener_key])
     except ConnectionError:
         pass  # the peer is gone; the reading side sees it too and ends the session
     except DatabaseUnavailable:
@@ -326,7 +328,7 @@ async def event_stream(request: web.Request, object_id: int, after: int) -> web.
         session.attach(transport, writer.drain)
         keepalive = http_chunk(SSE_KEEPALIVE) if chunked else SSE_KEEPALIVE
         try:
-            await send_backlog(session, db)
+            await send_backlog(session, db, request.app[listener_key])
             while not session.ended.done():
                 await asyncio.wait({session.ended}, timeout=SSE_KEEPALIVE_INTERVAL)
                 if session.ended.done():

@@ -78,6 +78,8 @@ class Listener:
         self.probe_interval = probe_interval
         self._generation = 0
         self.high_water: int | None = None  # last alert id dispatched (or known to be past)
+        # The newest alert id this process has heard of, dispatched or still queued.
+        self.last_seen = 0
         self.reconnects = 0
         self.dispatched = 0
         self.recovered = 0  # alerts delivered by a catch-up rather than by a notification
@@ -94,6 +96,16 @@ class Listener:
     def ready(self) -> bool:
         """LISTEN is active and what was missed while it was not has been delivered."""
         return self._listening.is_set() and self._caught_up.is_set()
+
+    def nothing_after(self, alert_id: int) -> bool:
+        """True when no alert newer than `alert_id` has committed before now, as far as this
+        process can know: LISTEN is up and caught up, and no notification of a newer one came.
+
+        An inbox registered with the hub and resuming after such an id has no backlog: any
+        newer alert committed before it registered has not been heard of yet, so it will be
+        dispatched, with the inbox among its recipients, once its notification comes.
+        """
+        return self.ready and alert_id >= self.last_seen
 
     async def wait_ready(self, timeout: float) -> None:
         async def both() -> None:
@@ -182,6 +194,7 @@ class Listener:
             log.error("ignoring malformed notification %r: %s", str(payload)[:200], exc)
             return
         self.hub.meter.notified(notification.alert_id)
+        self.last_seen = max(self.last_seen, notification.alert_id)
         self._queue.put_nowait(notification)
 
     # -- dispatch ---------------------------------------------------------------------------
@@ -236,6 +249,7 @@ class Listener:
         if rows:
             log.info("caught up %d alert(s) after id %s", len(rows), since)
         self.high_water = max(last, since or 0)
+        self.last_seen = max(self.last_seen, self.high_water)
         if marker.generation == self._generation and self._listening.is_set():
             self._caught_up.set()
 

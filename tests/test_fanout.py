@@ -215,3 +215,39 @@ async def test_a_backed_up_socket_queues_and_catches_up_in_order(make_client: An
     assert not any(s.overflowed for s in sessions)
     raw.close()
     await reader.close()
+
+
+async def test_up_to_date_clients_connecting_during_a_burst_miss_nothing(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    """A client resuming from the newest id it knows skips the backlog query when nothing
+    newer has been heard of; alerts committing around its connect still reach it once."""
+    obj = await create_object(client)
+    await create_alert(client, object_ids=[obj["id"]])
+    stop = asyncio.Event()
+
+    async def keep_posting() -> None:
+        while not stop.is_set():
+            await create_alert(client, object_ids=[obj["id"]])
+
+    posters = [asyncio.create_task(keep_posting()) for _ in range(3)]
+    sockets = []
+    try:
+        for _ in range(12):
+            after = await db.fetchval("SELECT max(id) FROM alerts")
+            sockets.append((after, await connect(client, obj["id"], after=after)))
+    finally:
+        stop.set()
+        await asyncio.gather(*posters)
+    every = [
+        r["alert_id"]
+        for r in await db.fetch(
+            "SELECT alert_id FROM object_alerts WHERE object_id = $1 ORDER BY 1", obj["id"]
+        )
+    ]
+    for after, ws in sockets:
+        expected = [i for i in every if i > after]
+        assert [f["id"] for f in await receive(ws, len(expected))] == expected
+        with pytest.raises(asyncio.TimeoutError):
+            await ws.receive(timeout=0.1)
+        await ws.close()

@@ -52,7 +52,7 @@ async def run(bench: Bench) -> None:
                     url=server.url,
                     after=after,
                     object_ids=ids[g::groups],
-                    connect_concurrency=200,
+                    connect_concurrency=50,
                     sources=sources_each,
                     source_offset=g * sources_each,
                     timeout=600,
