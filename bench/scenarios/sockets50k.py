@@ -16,7 +16,8 @@ from ..plan import progress
 from ..procs import free_port, serve, service_argv
 from ..session import Bench
 
-WORKERS = 2
+WORKERS = 2  # as the issue asks, when each process may hold its share of sockets
+FD_MARGIN = 1_000  # descriptors a worker needs besides its sockets
 PER_LOADGEN = 12_500  # sockets per load-generator process (its own fd limit)
 PER_SOURCE = 10_000  # sockets per loopback source address
 REACH_TARGET_S = 1.5  # commit of an alert_all to its last frame received
@@ -26,19 +27,30 @@ RSS_TARGET_KIB = 16.0
 async def run(bench: Bench) -> None:
     plan = bench.plan
     n = plan.scale_sockets
-    raise_nofile(want=n + 20_000)  # before the service starts: its workers inherit it
-    progress(f"6b {n:,} sockets over {WORKERS} workers: seeding objects ...")
+    limit = raise_nofile(want=n + 20_000)  # before the service starts: its workers inherit it
+    # Where the hard limit cannot be raised (an unprivileged container), more workers share
+    # the sockets: the kernel spreads connections over them (SO_REUSEPORT), never exactly
+    # evenly, so each gets room for a third more than its share.
+    workers = WORKERS
+    while (n // workers) * 4 // 3 > limit - FD_MARGIN:
+        workers += 1
+    if workers != WORKERS:
+        bench.results.notes.append(
+            f"6b: RLIMIT_NOFILE is capped at {limit:,} here (the hard limit cannot be raised), "
+            f"so {n:,} sockets ran over {workers} workers instead of {WORKERS}."
+        )
+    progress(f"6b {n:,} sockets over {workers} workers: seeding objects ...")
     ids = await reset(bench.db.url, n)
     after = await last_alert_id(bench.db.url)
     port = free_port()
     with serve(
-        service_argv(WORKERS, port),
+        service_argv(workers, port),
         bench.service_log,
         port,
         "service",
         "/readyz",
         DATABASE_URL=bench.db.url,
-        WS_MAX_PER_PROCESS=str(n),
+        WS_MAX_PER_PROCESS=str(min(n, limit - FD_MARGIN)),
     ) as server:
         rss_before = server.tree.rss_bytes()
         groups = max(1, -(-n // PER_LOADGEN))
@@ -122,36 +134,36 @@ async def run(bench: Bench) -> None:
         "_latencies": reach,
     }
     fig = bench.record(
-        f"6b alert_all to {n:,} sockets (from commit to last frame)", "service", WORKERS, data
+        f"6b alert_all to {n:,} sockets (from commit to last frame)", "service", workers, data
     )
     check = bench.results.check
     check(
-        f"6b {n:,} sockets over {WORKERS} workers: all connected",
+        f"6b {n:,} sockets over {workers} workers: all connected",
         connected,
         f"== {n:,}",
         connected == n,
-        WORKERS,
+        workers,
     )
     check(
         f"6b alert_all reaches all {n:,} sockets (commit to last frame, max)",
         round(fig["max_ms"], 1),
         f"<= {REACH_TARGET_S * 1000:.0f} ms",
         fig["max_ms"] <= REACH_TARGET_S * 1000 and connected == n,
-        WORKERS,
+        workers,
     )
     check(
         f"6b {n:,} sockets: lost + duplicated frames",
         lost + duplicated,
         "== 0",
         lost + duplicated == 0,
-        WORKERS,
+        workers,
     )
     check(
         f"6b footprint: service RSS per idle socket at {n:,} sockets",
         round(rss_kib, 1),
         f"<= {RSS_TARGET_KIB:.0f} KiB",
         rss_kib <= RSS_TARGET_KIB,
-        WORKERS,
+        workers,
     )
     progress(
         f"6b {connected:,} sockets: alert_all last frame max {fig['max_ms']:.0f} ms after commit "
