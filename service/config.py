@@ -148,6 +148,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DB_POOL_MIN_SIZE", "2", _positive_int, "connections the pool keeps open"),
     Setting("DB_POOL_MAX_SIZE", "10", _positive_int, "most connections the pool opens"),
     Setting(
+        "WRITES_IN_FLIGHT",
+        "128",
+        _positive_int,
+        "POST /object and POST /alert requests one process handles at once; one more is "
+        "refused at once with 503 server_busy and Retry-After",
+    ),
+    Setting(
         "DB_TIMEOUT",
         "5",
         _positive_float,
@@ -278,6 +285,7 @@ class Config:
     idempotency_ttl: int = 86400
     ws_max_per_process: int = 10000
     ws_max_per_object: int = 32
+    writes_in_flight: int = 128
     source: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -329,6 +337,7 @@ class Config:
             idempotency_ttl=values["IDEMPOTENCY_TTL"],
             ws_max_per_process=values["WS_MAX_PER_PROCESS"],
             ws_max_per_object=values["WS_MAX_PER_OBJECT"],
+            writes_in_flight=values["WRITES_IN_FLIGHT"],
             source=merged,
         )
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from .errors import DatabaseUnavailable
+from .errors import DatabaseUnavailable, ServerBusy
 
 log = logging.getLogger(__name__)
 
@@ -125,18 +125,36 @@ class Database:
         For an alert that matters beyond speed: the id lock of `alerts_assign_id` is then held
         only inside the server, never across a round trip to this process.
         """
-        async with unavailable_as_503(), self.pool.acquire(timeout=self.timeout) as conn:
-            yield conn
+        async with unavailable_as_503():
+            conn = await self._acquire()
+            try:
+                yield conn
+            finally:
+                await self.pool.release(conn)
 
     @asynccontextmanager
     async def transaction(self, **options: Any) -> AsyncIterator[Connection]:
         """Several statements in one explicit transaction (`options` as asyncpg's)."""
-        async with (
-            unavailable_as_503(),
-            self.pool.acquire(timeout=self.timeout) as conn,
-            conn.transaction(**options),
-        ):
+        async with self.connection() as conn, conn.transaction(**options):
             yield conn
+
+    async def _acquire(self) -> Connection:
+        """A pooled connection; waiting too long for one the pool has is `ServerBusy`.
+
+        A timeout while every connection is open and in use means this process has more work
+        than connections, not that the database is down: that is `server_busy`. A timeout with
+        room in the pool was spent opening a connection: the database is unreachable.
+        """
+        try:
+            conn: Connection = await self.pool.acquire(timeout=self.timeout)
+        except TimeoutError:
+            pool = self.pool
+            if pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0:
+                raise ServerBusy(
+                    f"no database connection came free in {self.timeout:g} s; retry shortly"
+                ) from None
+            raise
+        return conn
 
     async def ping(self) -> None:
         async with self.connection() as conn:
@@ -159,6 +177,19 @@ class Database:
         async with self.connection() as conn:
             row = await conn.fetchrow(Q.get_alert, alert_id)
         return dict(row) if row else None
+
+    async def insert_alerts(
+        self, texts: Sequence[str], object_ids: Sequence[Sequence[int]]
+    ) -> list[Row]:
+        """Store a batch of alerts in one statement (one transaction); rows in input order.
+
+        Alert n goes to the existing ids among `object_ids[n]` (see service/batch.py).
+        """
+        owners = [n for n, ids in enumerate(object_ids, start=1) for _ in ids]
+        wanted = [object_id for ids in object_ids for object_id in ids]
+        async with self.connection() as conn:
+            rows = await conn.fetch(Q.insert_alerts_to_ids, texts, owners, wanted)
+        return [dict(row) for row in rows]
 
     async def notification_queue_usage(self) -> float:
         """The fraction of the server's NOTIFY queue in use (read by /metrics)."""

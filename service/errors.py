@@ -52,8 +52,22 @@ class NotFound(ServiceError):
 
 
 class DatabaseUnavailable(ServiceError):
+    """The database cannot be reached (or did not answer in time): not this process's load."""
+
     status = 503
     code = "database_unavailable"
+
+
+class ServerBusy(ServiceError):
+    """This process refuses more work now (admission control, a full pool); retry shortly."""
+
+    status = 503
+    code = "server_busy"
+    RETRY_AFTER = 1  # seconds: long enough for the writes in flight to drain
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(self.RETRY_AFTER)}
 
 
 class Unauthorized(ServiceError):

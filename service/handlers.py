@@ -25,7 +25,15 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Session
-from .keys import config_key, db_key, hub_key, listener_key, sockets_key
+from .keys import (
+    admission_key,
+    committer_key,
+    config_key,
+    db_key,
+    hub_key,
+    listener_key,
+    sockets_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +88,17 @@ def dump_object(request: web.Request, row: dict[str, Any]) -> dict[str, Any]:
 
 async def create_object(request: web.Request) -> web.Response:
     config = request.app[config_key]
-    body = await read_json_object(request)
-    data = schemas.load(schemas.object_schema(config), body)
+    with request.app[admission_key].admit():  # before the body is read: refusing costs little
+        body = await read_json_object(request)
+        data = schemas.load(schemas.object_schema(config), body)
 
-    async def write(conn: Connection) -> dict[str, Any]:
-        row = await insert_object(conn, data["email"], data["phone_number"])
-        return dump_object(request, row)
+        async def write(conn: Connection) -> dict[str, Any]:
+            row = await insert_object(conn, data["email"], data["phone_number"])
+            return dump_object(request, row)
 
-    return await idempotency.respond_once(
-        request, request.app[db_key], config.idempotency_ttl, body, write
-    )
+        return await idempotency.respond_once(
+            request, request.app[db_key], config.idempotency_ttl, body, write
+        )
 
 
 async def get_object(request: web.Request) -> web.Response:
@@ -104,17 +113,23 @@ async def get_object(request: web.Request) -> web.Response:
 
 
 async def create_alert(request: web.Request) -> web.Response:
+    """Alerts to ids, without an Idempotency-Key, are group-committed (service/batch.py);
+    alert_all and keyed alerts are written in a transaction of their own."""
     config = request.app[config_key]
-    body = await read_json_object(request)
-    data = schemas.load(schemas.alert_schema(config), body)
+    with request.app[admission_key].admit():
+        body = await read_json_object(request)
+        data = schemas.load(schemas.alert_schema(config), body)
+        if data["object_ids"] is not None and idempotency.request_key(request) is None:
+            row = await request.app[committer_key].insert(data["text"], data["object_ids"])
+            return json_response(schemas.dump_alert(row))
 
-    async def write(conn: Connection) -> dict[str, Any]:
-        row = await insert_alert(conn, data["text"], data["object_ids"])
-        return schemas.dump_alert(row)
+        async def write(conn: Connection) -> dict[str, Any]:
+            row = await insert_alert(conn, data["text"], data["object_ids"])
+            return schemas.dump_alert(row)
 
-    return await idempotency.respond_once(
-        request, request.app[db_key], config.idempotency_ttl, body, write
-    )
+        return await idempotency.respond_once(
+            request, request.app[db_key], config.idempotency_ttl, body, write
+        )
 
 
 async def get_alert(request: web.Request) -> web.Response:

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from .admission import Admission
+from .batch import AlertCommitter
 from .config import Config
 from .db import Database
 from .hub import Hub
@@ -16,6 +18,8 @@ if TYPE_CHECKING:  # metrics.py imports this module
 
 config_key = web.AppKey("config", Config)
 db_key = web.AppKey("db", Database)
+admission_key = web.AppKey("admission", Admission)  # the bound on writes in flight
+committer_key = web.AppKey("committer", AlertCommitter)  # group commit of POST /alert
 hub_key = web.AppKey("hub", Hub)
 listener_key = web.AppKey("listener", Listener)
 sockets_key = web.AppKey("sockets", set[web.WebSocketResponse])  # open inbox sockets
