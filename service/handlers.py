@@ -99,7 +99,7 @@ async def create_object(request: web.Request) -> web.Response:
             return dump_object(request, row)
 
         return await idempotency.respond_once(
-            request, request.app[db_key], config.idempotency_ttl, body, write
+            request, request.app[db_key], config.idempotency_ttl, data, write
         )
 
 
@@ -130,7 +130,7 @@ async def create_alert(request: web.Request) -> web.Response:
             return schemas.dump_alert(row)
 
         return await idempotency.respond_once(
-            request, request.app[db_key], config.idempotency_ttl, body, write
+            request, request.app[db_key], config.idempotency_ttl, data, write
         )
 
 
