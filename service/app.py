@@ -1,8 +1,8 @@
 """The application factory: middlewares, routes and resources. It does no I/O itself.
 
-Resources are cleanup contexts, in dependency order: the pool, then the alert committer and
-the listener that need it. The server accepts connections only after the listener is up and
-caught up, so no inbox can connect while alerts would go unheard.
+Resources are cleanup contexts, in dependency order: the pool, then the committers (group
+commit) and the listener that need it. The server accepts connections only after the listener
+is up and caught up, so no inbox can connect while alerts would go unheard.
 """
 
 from __future__ import annotations
@@ -12,21 +12,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import auth, console, handlers, logs, metrics, openapi
+from . import auth, batch, console, handlers, logs, metrics, openapi
 from .admission import Admission
-from .batch import AlertCommitter
 from .config import Config
 from .db import Database, create_pool
 from .errors import ServiceError
 from .hub import Hub
 from .keys import (
     admission_key,
-    committer_key,
+    alert_committer_key,
     config_key,
     db_key,
     hub_key,
     listener_key,
     metrics_key,
+    object_committer_key,
     sockets_key,
 )
 from .listener import Listener
@@ -97,12 +97,14 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
-async def committer_ctx(app: web.Application) -> AsyncIterator[None]:
-    committer = AlertCommitter(app[db_key])
-    app[committer_key] = committer
-    committer.start()
+async def committers_ctx(app: web.Application) -> AsyncIterator[None]:
+    alerts = app[alert_committer_key] = batch.alert_committer(app[db_key])
+    objects = app[object_committer_key] = batch.object_committer(app[db_key])
+    alerts.start()
+    objects.start()
     yield
-    await committer.stop()
+    await alerts.stop()
+    await objects.stop()
 
 
 async def listener_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -147,7 +149,7 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(logs.add_response_headers)
     setup_routes(app)
     app.cleanup_ctx.append(database_ctx)
-    app.cleanup_ctx.append(committer_ctx)
+    app.cleanup_ctx.append(committers_ctx)
     app.cleanup_ctx.append(listener_ctx)
     app.on_shutdown.append(handlers.close_all_inboxes)
     return app

@@ -178,6 +178,14 @@ class Database:
             row = await conn.fetchrow(Q.get_alert, alert_id)
         return dict(row) if row else None
 
+    async def insert_objects(
+        self, emails: Sequence[str], phone_numbers: Sequence[str]
+    ) -> list[Row]:
+        """Store a batch of objects in one statement (one transaction); rows in input order."""
+        async with self.connection() as conn:
+            rows = await conn.fetch(Q.insert_objects, emails, phone_numbers)
+        return [dict(row) for row in rows]
+
     async def insert_alerts(
         self, texts: Sequence[str], object_ids: Sequence[Sequence[int]]
     ) -> list[Row]:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from . import auth, idempotency, schemas
+from . import auth, batch, idempotency, schemas
 from .db import Connection, Database, insert_alert, insert_object
 from .errors import (
     DatabaseUnavailable,
@@ -27,11 +27,12 @@ from .errors import (
 from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Session
 from .keys import (
     admission_key,
-    committer_key,
+    alert_committer_key,
     config_key,
     db_key,
     hub_key,
     listener_key,
+    object_committer_key,
     sockets_key,
 )
 
@@ -93,6 +94,11 @@ async def create_object(request: web.Request) -> web.Response:
     with request.app[admission_key].admit():  # before the body is read: refusing costs little
         body = await read_json_object(request)
         data = schemas.load(schemas.object_schema(config), body)
+        if idempotency.request_key(request) is None:
+            new = batch.NewObject(data["email"], data["phone_number"])
+            return json_response(
+                dump_object(request, await request.app[object_committer_key].submit(new))
+            )
 
         async def write(conn: Connection) -> dict[str, Any]:
             row = await insert_object(conn, data["email"], data["phone_number"])
@@ -122,7 +128,8 @@ async def create_alert(request: web.Request) -> web.Response:
         body = await read_json_object(request)
         data = schemas.load(schemas.alert_schema(config), body)
         if data["object_ids"] is not None and idempotency.request_key(request) is None:
-            row = await request.app[committer_key].insert(data["text"], data["object_ids"])
+            new = batch.NewAlert(data["text"], data["object_ids"])
+            row = await request.app[alert_committer_key].submit(new)
             return json_response(schemas.dump_alert(row))
 
         async def write(conn: Connection) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .admission import Admission
-from .batch import AlertCommitter
+from .batch import Committer, NewAlert, NewObject
 from .config import Config
 from .db import Database
 from .hub import Hub
@@ -19,7 +19,9 @@ if TYPE_CHECKING:  # metrics.py imports this module
 config_key = web.AppKey("config", Config)
 db_key = web.AppKey("db", Database)
 admission_key = web.AppKey("admission", Admission)  # the bound on writes in flight
-committer_key = web.AppKey("committer", AlertCommitter)  # group commit of POST /alert
+# group commit of POST /alert and POST /object
+alert_committer_key = web.AppKey("alert_committer", Committer[NewAlert])
+object_committer_key = web.AppKey("object_committer", Committer[NewObject])
 hub_key = web.AppKey("hub", Hub)
 listener_key = web.AppKey("listener", Listener)
 sockets_key = web.AppKey("sockets", set[web.WebSocketResponse])  # open inbox sockets

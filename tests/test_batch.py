@@ -17,10 +17,11 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestClient
 
-from service.batch import AlertCommitter
-from service.keys import committer_key, db_key
+from service.batch import Committer, NewAlert
+from service.keys import alert_committer_key, db_key, object_committer_key
 
 from .conftest import app_of, create_object, eventually
 from .test_workers import fresh_connections, served, wait_all_listening
@@ -31,18 +32,18 @@ STALL_LOCK = 77  # held by the test to stall a batch part-way (see stall_on_text
 
 __all__ = ["served"]  # a fixture, used by name below
 
-WAITING_ON_ADVISORY = """
+WAITING_ON_LOCK = """
 SELECT count(*) FROM pg_stat_activity
 WHERE application_name = 'inbox' AND datname = current_database()
-  AND wait_event_type = 'Lock' AND wait_event = 'advisory'
+  AND wait_event_type = 'Lock' AND wait_event = $1
 """
 
 
-async def blocked_backends(db: asyncpg.Connection, count: int) -> None:
-    """Until `count` of the service's connections wait on an advisory lock."""
+async def blocked_backends(db: asyncpg.Connection, count: int, lock: str = "advisory") -> None:
+    """Until `count` of the service's connections wait on a lock of that kind."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5
-    while await db.fetchval(WAITING_ON_ADVISORY) < count:
+    while await db.fetchval(WAITING_ON_LOCK, lock) < count:
         assert loop.time() < deadline, "the write never blocked on the lock"
         await asyncio.sleep(0.01)
 
@@ -56,12 +57,12 @@ async def alert_lock_held(db: asyncpg.Connection) -> AsyncIterator[None]:
         await db.execute("SELECT pg_advisory_unlock($1)", ALERT_LOCK)
 
 
-def committer_of(client: Client) -> AlertCommitter:
-    return app_of(client)[committer_key]
+def committer_of(client: Client) -> Committer[NewAlert]:
+    return app_of(client)[alert_committer_key]
 
 
 async def queue_behind(
-    client: Client, committer: AlertCommitter, bodies: list[dict[str, Any]], **kwargs: Any
+    client: Client, committer: Committer[Any], bodies: list[dict[str, Any]], **kwargs: Any
 ) -> list[asyncio.Future[aiohttp.ClientResponse]]:
     """POST each body in turn, each once the previous one is queued: arrival order is known."""
     posted = []
@@ -278,6 +279,66 @@ async def test_idempotent_retries_inside_and_outside_a_batch_replay_the_first_an
     retry = await client.post("/alert", json=keyed, headers=headers)
     assert (retry.status, await retry.read()) == (200, original_body)
     assert await db.fetchval("SELECT count(*) FROM alerts WHERE text = 'keyed'") == 1
+
+
+async def test_objects_that_queue_behind_the_commits_share_the_next_one(
+    client: Client, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    committer = app_of(client)[object_committer_key]
+    await db.execute(
+        """
+        CREATE FUNCTION refuse_poison_object() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.email = 'poison@example.com' THEN RAISE EXCEPTION 'injected failure'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_poison_object BEFORE INSERT ON objects
+            FOR EACH ROW EXECUTE FUNCTION refuse_poison_object();
+        """
+    )
+    emails = ["A@Example.com", "b@example.com", "poison@example.com", "c@example.com"]
+    try:
+        async with db.transaction():
+            # Inserts wait for this lock: both committers' batches stall on it, and the
+            # requests that arrive meanwhile queue for the next batch.
+            await db.execute("LOCK TABLE objects IN SHARE MODE")
+            first = []
+            for n in range(2):
+                body = {"email": f"lead{n}@example.com", "phone_number": "2125551234"}
+                first.append(asyncio.ensure_future(client.post("/object", json=body)))
+                await blocked_backends(db, n + 1, lock="relation")
+            posted = []
+            for n, email in enumerate(emails, start=1):
+                body = {"email": email, "phone_number": f"212-555-{1000 + n}"}
+                posted.append(asyncio.ensure_future(client.post("/object", json=body)))
+                await eventually(lambda n=n: committer.waiting == n)  # type: ignore[misc]
+        assert [(await f).status for f in first] == [200, 200]
+        results = await answers(posted)
+    finally:
+        await db.execute(
+            "DROP TRIGGER refuse_poison_object ON objects; DROP FUNCTION refuse_poison_object();"
+        )
+    # The four went as one batch; it failed, and each was then written on its own.
+    assert "a batch of 4 objects failed (RaiseError: injected failure)" in caplog.text
+    assert results[2][0] == 500
+    good = [results[0], results[1], results[3]]
+    assert [status for status, _ in good] == [200, 200, 200]
+    assert [body["email"] for _, body in good] == [
+        "A@example.com",
+        "b@example.com",
+        "c@example.com",
+    ]
+    assert [body["phone_number"] for _, body in good] == [
+        "+12125551001",
+        "+12125551002",
+        "+12125551004",
+    ]
+    ids = [body["id"] for _, body in good]
+    assert ids == sorted(ids)
+    for _, body in good:
+        row = await db.fetchrow("SELECT email, phone_number FROM objects WHERE id = $1", body["id"])
+        assert dict(row) == {"email": body["email"], "phone_number": body["phone_number"]}
+    assert await db.fetchval("SELECT count(*) FROM objects") == 5
 
 
 async def test_writes_past_the_bound_are_refused_at_once(
