@@ -28,12 +28,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from aiohttp import web
+
 from .db import Database, Row
 from .errors import DatabaseUnavailable, ServerBusy
+from .keys import alert_committer_key, db_key, object_committer_key
 
 log = logging.getLogger(__name__)
 
@@ -202,3 +205,15 @@ def object_committer(db: Database) -> Committer[NewObject]:
         )
 
     return Committer("objects", write, concurrency=OBJECT_COMMITTERS)
+
+
+async def committers_context(app: web.Application) -> AsyncIterator[None]:
+    """The app's committers, on its pool, as a cleanup context: stopped after the last request
+    (a request still queued then is answered 503 server_busy)."""
+    alerts = app[alert_committer_key] = alert_committer(app[db_key])
+    objects = app[object_committer_key] = object_committer(app[db_key])
+    alerts.start()
+    objects.start()
+    yield
+    await alerts.stop()
+    await objects.stop()

@@ -1,4 +1,8 @@
-"""Every key the application stores state under."""
+"""Every key the application stores state under.
+
+A leaf: the types are imported for the type checker only, so every module may read these keys
+without this one sitting above what it types.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,22 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .admission import Admission
-from .batch import Committer, NewAlert, NewObject
-from .config import Config
-from .db import Database
-from .hub import Hub
-from .listener import Listener
-
-if TYPE_CHECKING:  # metrics.py imports this module
+if TYPE_CHECKING:
+    from .admission import Admission
+    from .batch import Committer, NewAlert, NewObject
+    from .config import Config
+    from .db import Database
+    from .hub import Hub
+    from .listener import Listener
     from .metrics import Metrics
 
-config_key = web.AppKey("config", Config)
-db_key = web.AppKey("db", Database)
-admission_key = web.AppKey("admission", Admission)  # the bound on writes in flight
-# group commit of POST /alert and POST /object
-alert_committer_key = web.AppKey("alert_committer", Committer[NewAlert])
-object_committer_key = web.AppKey("object_committer", Committer[NewObject])
-hub_key = web.AppKey("hub", Hub)
-listener_key = web.AppKey("listener", Listener)
+config_key: web.AppKey[Config] = web.AppKey("config")
+db_key: web.AppKey[Database] = web.AppKey("db")
+admission_key: web.AppKey[Admission] = web.AppKey("admission")  # the bound on writes in flight
+# group commit of POST /alert and POST /object (service/batch.py)
+alert_committer_key: web.AppKey[Committer[NewAlert]] = web.AppKey("alert_committer")
+object_committer_key: web.AppKey[Committer[NewObject]] = web.AppKey("object_committer")
+hub_key: web.AppKey[Hub] = web.AppKey("hub")
+listener_key: web.AppKey[Listener] = web.AppKey("listener")
 sockets_key = web.AppKey("sockets", set[web.WebSocketResponse])  # open inbox sockets
 metrics_key: web.AppKey[Metrics] = web.AppKey("metrics")  # the app's own Prometheus registry
