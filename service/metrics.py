@@ -27,7 +27,17 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from .keys import config_key, db_key, hub_key, listener_key, metrics_key, sockets_key
+from .keys import (
+    admission_key,
+    alert_committer_key,
+    config_key,
+    db_key,
+    hub_key,
+    listener_key,
+    metrics_key,
+    object_committer_key,
+    sockets_key,
+)
 from .meter import LATENCY_BUCKETS
 from .wire import STATUS_CLIENT_GONE
 
@@ -100,6 +110,34 @@ class RealtimeCollector(Collector):
             "sockets closed with 4008 because their queue filled up",
             value=meter.dropped_slow,
         )
+        admission = app[admission_key]
+        yield GaugeMetricFamily(
+            "inbox_writes_in_flight",
+            "POST /object and POST /alert requests being handled (bounded by WRITES_IN_FLIGHT)",
+            value=admission.in_flight,
+        )
+        yield CounterMetricFamily(
+            "inbox_writes_refused",
+            "writes refused with 503 server_busy because WRITES_IN_FLIGHT were in flight",
+            value=admission.refused,
+        )
+        batches = CounterMetricFamily(
+            "inbox_write_batches",
+            "group-committed batches written (one statement, one transaction each), by kind",
+            labels=["kind"],
+        )
+        batched = CounterMetricFamily(
+            "inbox_writes_batched",
+            "alerts or objects written in group-committed batches, by kind",
+            labels=["kind"],
+        )
+        for key in (alert_committer_key, object_committer_key):
+            committer = app.get(key)
+            if committer is not None:
+                batches.add_metric([committer.name], committer.batches)
+                batched.add_metric([committer.name], committer.items)
+        yield batches
+        yield batched
         cumulative, buckets = 0, []
         for bound, count in zip((*LATENCY_BUCKETS, math.inf), meter.latency_counts, strict=True):
             cumulative += count

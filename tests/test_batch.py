@@ -135,6 +135,10 @@ async def test_alerts_that_queue_behind_a_commit_share_the_next_one(
         assert row["text"] == body["text"]
         assert row["number_of_objects_receiving_alert"] == len(wanted)
 
+    metrics = await (await client.get("/metrics")).text()
+    assert 'inbox_write_batches_total{kind="alerts"} 2.0' in metrics
+    assert 'inbox_writes_batched_total{kind="alerts"} 9.0' in metrics
+
     # Each alert its own frame, to exactly its recipients, once, in id order.
     alone_id = (await alone.json())["id"]
     for oid, ws in zip(objects, sockets, strict=True):
@@ -368,6 +372,9 @@ async def test_writes_past_the_bound_are_refused_at_once(
             assert payload["error"] == "server_busy"
             assert isinstance(payload["message"], str)
         assert not any(future.done() for future in held)
+        metrics = await (await client.get("/metrics")).text()
+        assert "inbox_writes_in_flight 2.0" in metrics
+        assert "inbox_writes_refused_total 2.0" in metrics
     assert [(await f).status for f in held] == [200, 200]
     assert await db.fetchval("SELECT count(*) FROM objects") == 1
     # The slots are free again.
