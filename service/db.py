@@ -3,7 +3,8 @@
 Handlers pass plain, validated values in; rows come back as dicts. Every call runs inside a
 transaction on a pooled connection: a call of one statement in that statement's own (implicit)
 transaction, one round trip in all; a call of several in an explicit one. A lost or
-unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver exception.
+unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver exception; a
+pool whose connections are all busy past DB_TIMEOUT, while the server answers, as `ServerBusy`.
 """
 
 from __future__ import annotations
