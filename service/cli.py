@@ -93,18 +93,10 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
 
 
 def _serve_one(config: Config, reuse_port: bool) -> None:
-    from aiohttp import web
-
+    from . import server
     from .app import create_app
 
-    web.run_app(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        reuse_port=reuse_port,
-        access_log=None,
-        print=lambda line: log.info("%s", line.strip()),
-    )
+    server.serve(create_app(config), config, reuse_port=reuse_port)
 
 
 def _worker(config: Config) -> None:

@@ -240,6 +240,30 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         "open inbox sockets per object; one more is refused before the upgrade with 429",
     ),
+    # -- connections (service/server.py) ---------------------------------------------------
+    Setting(
+        "HTTP_HEADER_TIMEOUT",
+        "10",
+        _positive_float,
+        "seconds a connection may take to send a complete request head, counted from when it "
+        "opens and from the end of its previous response (so also the keep-alive idle time); "
+        "then it is closed",
+    ),
+    Setting(
+        "HTTP_BODY_TIMEOUT",
+        "10",
+        _positive_float,
+        "seconds to receive a whole request body once its route starts reading it; a slower "
+        "(trickling) body gets 408 and the connection is closed",
+    ),
+    Setting(
+        "MAX_CONNECTIONS",
+        "11000",
+        _positive_int,
+        "open TCP connections per process, in every state (inbox sockets included); one more "
+        "is answered 503 and closed at once. The open-files limit is raised to fit at start-up, "
+        "or this is lowered to fit it (WARNING)",
+    ),
 )
 
 
@@ -280,6 +304,9 @@ class Config:
     idempotency_ttl: int = 86400
     ws_max_per_process: int = 10000
     ws_max_per_object: int = 32
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 10.0
+    max_connections: int = 11000
     source: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -331,6 +358,9 @@ class Config:
             idempotency_ttl=values["IDEMPOTENCY_TTL"],
             ws_max_per_process=values["WS_MAX_PER_PROCESS"],
             ws_max_per_object=values["WS_MAX_PER_OBJECT"],
+            http_header_timeout=values["HTTP_HEADER_TIMEOUT"],
+            http_body_timeout=values["HTTP_BODY_TIMEOUT"],
+            max_connections=values["MAX_CONNECTIONS"],
             source=merged,
         )
 

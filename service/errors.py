@@ -33,6 +33,27 @@ class UnsupportedMediaType(ServiceError):
     status = 415
     code = "unsupported_media_type"
 
+    def __init__(self, message: str, *, accept_encoding: str | None = None) -> None:
+        super().__init__(message)
+        if accept_encoding is not None:  # RFC 7694: say which content codings would do
+            self.headers = {"Accept-Encoding": accept_encoding}
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    code = "payload_too_large"
+
+
+class RequestTimeout(ServiceError):
+    """The body did not arrive in time (a client trickling it); the connection is closed."""
+
+    status = 408
+    code = "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers = {"Connection": "close"}
+
 
 class ValidationFailed(ServiceError):
     status = 422

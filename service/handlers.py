@@ -15,6 +15,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from . import auth, idempotency, schemas
+from .body import read_body
 from .db import Connection, Database, insert_alert, insert_object
 from .errors import (
     DatabaseUnavailable,
@@ -48,7 +49,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object, or 415/400 with the standard error body."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -20,3 +20,5 @@ hub_key = web.AppKey("hub", Hub)
 listener_key = web.AppKey("listener", Listener)
 sockets_key = web.AppKey("sockets", set[web.WebSocketResponse])  # open inbox sockets
 metrics_key: web.AppKey[Metrics] = web.AppKey("metrics")  # the app's own Prometheus registry
+# Set by server.py on a request whose `Expect: 100-continue` it held back until a route reads.
+expects_continue_key = web.RequestKey("expects_continue", bool)

@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, settings
 from psycopg import sql
 
-from service import embedded, migrate
+from service import embedded, migrate, server
 from service.app import create_app
 from service.config import Config
 
@@ -117,7 +117,10 @@ async def make_client(
     """A client of a fresh app, with settings overridden as keyword arguments."""
 
     async def make(**overrides: str) -> TestClient[Any, Any]:
-        return await aiohttp_client(create_app(make_config(database_url, **overrides)))
+        config = make_config(database_url, **overrides)
+        # The request-handler settings `inbox serve` uses (no body inflated by aiohttp).
+        settings = server.handler_settings(config)
+        return await aiohttp_client(create_app(config), server_kwargs=settings)
 
     return make
 
