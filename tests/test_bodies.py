@@ -8,7 +8,7 @@ import asyncio
 import gzip
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -16,10 +16,9 @@ import asyncpg
 import orjson
 import pytest
 
-from service import server
-from service.app import create_app
+from .served import Serve, serve
 
-from .conftest import make_config
+__all__ = ["serve"]  # the fixture
 
 KEY = "bodies-key-0123456789abcdef0123456789"
 OBJECT = orjson.dumps({"email": "bob@example.com", "phone_number": "212-555-1234"})
@@ -28,19 +27,13 @@ Start = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
-async def serve(database_url: str) -> AsyncIterator[Start]:
-    """Start the service as `inbox serve` would, on a free port; its base URL."""
-    sites: list[server.Site] = []
+async def start_url(serve: Serve) -> Start:
+    """Start the service as `inbox serve` would; its base URL."""
 
     async def start(**overrides: str) -> str:
-        config = make_config(database_url, HOST="127.0.0.1", PORT="0", **overrides)
-        site = await server.start(create_app(config), config)
-        sites.append(site)
-        return f"http://127.0.0.1:{site.port}"
+        return f"http://127.0.0.1:{(await serve(**overrides)).port}"
 
-    yield start
-    for site in sites:
-        await site.owner.cleanup()
+    return start
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +56,8 @@ async def post(url: str, body: bytes, **headers: str) -> tuple[int, dict[str, An
         return response.status, dict(response.headers), await response.json()
 
 
-async def test_gzip_and_deflate_bodies_are_read(serve: Start, db: asyncpg.Connection) -> None:
-    base = await serve(API_KEYS=KEY)
+async def test_gzip_and_deflate_bodies_are_read(start_url: Start, db: asyncpg.Connection) -> None:
+    base = await start_url(API_KEYS=KEY)
     for coding, packed in (
         ("gzip", gzip.compress(OBJECT)),
         ("x-gzip", gzip.compress(OBJECT)),
@@ -79,8 +72,10 @@ async def test_gzip_and_deflate_bodies_are_read(serve: Start, db: asyncpg.Connec
 
 
 @pytest.mark.parametrize("coding", ["zstd", "br", "compress", "gzip, gzip", "gzip;q=1", "*"])
-async def test_other_encodings_are_415(serve: Start, db: asyncpg.Connection, coding: str) -> None:
-    base = await serve(API_KEYS=KEY)
+async def test_other_encodings_are_415(
+    start_url: Start, db: asyncpg.Connection, coding: str
+) -> None:
+    base = await start_url(API_KEYS=KEY)
     status, headers, body = await post(f"{base}/object", OBJECT, **{"Content-Encoding": coding})
     assert status == 415
     assert body["error"] == "unsupported_media_type"
@@ -100,9 +95,9 @@ async def test_other_encodings_are_415(serve: Start, db: asyncpg.Connection, cod
     ],
 )
 async def test_a_malformed_compressed_body_is_400(
-    serve: Start, db: asyncpg.Connection, coding: str, packed: bytes
+    start_url: Start, db: asyncpg.Connection, coding: str, packed: bytes
 ) -> None:
-    base = await serve(API_KEYS=KEY)
+    base = await start_url(API_KEYS=KEY)
     status, _, body = await post(f"{base}/alert", packed, **{"Content-Encoding": coding})
     assert status == 400, body
     assert body["error"] == "malformed_request"
@@ -110,8 +105,8 @@ async def test_a_malformed_compressed_body_is_400(
     assert await objects(db) == 0
 
 
-async def test_a_body_that_inflates_past_the_limit_is_413(serve: Start) -> None:
-    base = await serve(API_KEYS=KEY, MAX_BODY_BYTES="1000")
+async def test_a_body_that_inflates_past_the_limit_is_413(start_url: Start) -> None:
+    base = await start_url(API_KEYS=KEY, MAX_BODY_BYTES="1000")
     padded = orjson.dumps({"email": "bob@example.com", "phone_number": "212-555-1234" + " " * 990})
     status, _, body = await post(
         f"{base}/object", gzip.compress(padded), **{"Content-Encoding": "gzip"}
@@ -130,13 +125,13 @@ async def cpu_of(work: Awaitable[Any]) -> tuple[float, Any]:
     return time.process_time() - started, result
 
 
-async def test_a_gzip_bomb_costs_little_and_is_refused(serve: Start, bomb: bytes) -> None:
+async def test_a_gzip_bomb_costs_little_and_is_refused(start_url: Start, bomb: bytes) -> None:
     """The bomb is sent to a route that reads bodies (with and without a key), and to one
     that does not; the server's CPU (this process: client and server) stays a small fraction
     of what inflating the bomb costs."""
     inflate_cost, size = await cpu_of(asyncio.to_thread(lambda: len(gzip.decompress(bomb))))
     assert size == 128 << 20
-    base = await serve(API_KEYS=KEY)
+    base = await start_url(API_KEYS=KEY)
     gz = {"Content-Encoding": "gzip"}
     spent = 0.0
     for url, headers, status in (
@@ -188,8 +183,8 @@ def head(method: str, path: str, length: int, *extra: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-async def test_100_continue_only_once_the_route_accepts_the_caller(serve: Start) -> None:
-    base = await serve(API_KEYS=KEY, MAX_BODY_BYTES="1000")
+async def test_100_continue_only_once_the_route_accepts_the_caller(start_url: Start) -> None:
+    base = await start_url(API_KEYS=KEY, MAX_BODY_BYTES="1000")
     key = f"Authorization: Bearer {KEY}"
     for request, status in (
         (head("POST", "/nope", len(OBJECT), key), b"404"),

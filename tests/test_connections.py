@@ -1,0 +1,159 @@
+"""Connection-level limits of the server `inbox serve` runs (service/server.py): a connection
+that sends nothing, half a request, a head or a body byte by byte, or sits idle after a
+response is closed within the documented time; connections are counted and bounded, and none
+pile up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import orjson
+
+from service import server
+
+from .conftest import eventually
+from .served import Serve, serve
+
+__all__ = ["serve"]  # the fixture
+
+TIMEOUT = 0.5  # HTTP_HEADER_TIMEOUT and HTTP_BODY_TIMEOUT in these tests
+SLACK = 1.5  # the event loop's timer granularity and a busy shared machine
+
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def connect(site: server.Site) -> Connection:
+    return await asyncio.open_connection("127.0.0.1", site.port)
+
+
+async def closed_after(reader: asyncio.StreamReader, limit: float) -> tuple[float, bytes]:
+    """Seconds until the server closes the connection (and what it sent before)."""
+    started = time.monotonic()
+    received = await asyncio.wait_for(reader.read(), limit)
+    return time.monotonic() - started, received
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_silent_and_half_sent_connections_are_closed_in_time(serve: Serve) -> None:
+    site = await serve(HTTP_HEADER_TIMEOUT=str(TIMEOUT))
+    started = time.monotonic()
+    silent = await connect(site)
+    half = await connect(site)
+    half[1].write(b"GET /healthz HT")
+    head_only = await connect(site)
+    head_only[1].write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the blank line never comes
+    try:
+        for reader, _ in (silent, half, head_only):
+            _, received = await closed_after(reader, TIMEOUT + SLACK)
+            assert received == b""
+        elapsed = time.monotonic() - started
+        assert TIMEOUT * 0.5 <= elapsed < TIMEOUT + SLACK, elapsed  # not refused outright
+    finally:
+        for _, writer in (silent, half, head_only):
+            writer.close()
+
+
+async def test_a_head_sent_byte_by_byte_is_cut(serve: Serve) -> None:
+    site = await serve(HTTP_HEADER_TIMEOUT=str(TIMEOUT))
+    reader, writer = await connect(site)
+    started = time.monotonic()
+
+    async def trickle() -> None:
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000:
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        _, received = await closed_after(reader, TIMEOUT + SLACK)
+    finally:
+        trickling.cancel()
+    assert received == b""
+    assert time.monotonic() - started < TIMEOUT + SLACK
+    writer.close()
+
+
+async def test_keep_alive_idle_is_bounded(serve: Serve) -> None:
+    site = await serve(HTTP_HEADER_TIMEOUT=str(TIMEOUT))
+    reader, writer = await connect(site)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = await asyncio.wait_for(reader.readuntil(b'"sockets"'), 5)
+    assert response.startswith(b"HTTP/1.1 200")
+    elapsed, _ = await closed_after(reader, TIMEOUT + SLACK)
+    assert elapsed >= TIMEOUT * 0.5
+    writer.close()
+
+
+async def test_a_trickling_body_is_cut_with_408(serve: Serve) -> None:
+    site = await serve(HTTP_BODY_TIMEOUT=str(TIMEOUT), HTTP_HEADER_TIMEOUT="30")
+    body = orjson.dumps({"email": "bob@example.com", "phone_number": "212-555-1234"})
+    reader, writer = await connect(site)
+    writer.write(
+        b"POST /object HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+
+    async def trickle() -> None:
+        for byte in body:
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.1)
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        elapsed, received = await closed_after(reader, TIMEOUT + server.LINGER + SLACK)
+    finally:
+        trickling.cancel()
+    assert received.startswith(b"HTTP/1.1 408"), received
+    assert b'"error":"request_timeout"' in received
+    assert elapsed < TIMEOUT + server.LINGER + SLACK
+    writer.close()
+
+
+async def test_an_unread_body_is_drained_briefly_then_closed(serve: Serve) -> None:
+    site = await serve(HTTP_HEADER_TIMEOUT="30")
+    reader, writer = await connect(site)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nxx")
+    elapsed, received = await closed_after(reader, server.LINGER + SLACK)
+    assert received.startswith(b"HTTP/1.1 200")
+    assert elapsed < server.LINGER + SLACK
+    writer.close()
+
+
+async def test_connections_are_counted_bounded_and_do_not_pile_up(serve: Serve) -> None:
+    fds = open_fds()
+    site = await serve(HTTP_HEADER_TIMEOUT=str(TIMEOUT), MAX_CONNECTIONS="50")
+    gate = site.owner.gate
+    idle = [await connect(site) for _ in range(50)]
+    for _, writer in idle[::2]:
+        writer.write(b"GET / HTTP/1.1\r\n")  # half of them half-way through a head
+    await asyncio.sleep(0)  # let the server accept them (no timing depends on it)
+    # One more is refused at once, with the JSON error body, and not counted.
+    extra_reader, extra_writer = await connect(site)
+    elapsed, received = await closed_after(extra_reader, 2)
+    assert received.startswith(b"HTTP/1.1 503")
+    assert received.endswith(
+        b'{"error":"server_busy","message":"this server has no room for another connection"}'
+    )
+    assert elapsed < TIMEOUT
+    assert gate.open == 50
+    assert gate.refused >= 1
+    extra_writer.close()
+    # All of them are closed by the server in time; nothing stays behind.
+    results = await asyncio.gather(*(closed_after(r, TIMEOUT + SLACK) for r, _ in idle))
+    assert all(received == b"" for _, received in results)
+    for _, writer in idle:
+        writer.close()
+    await eventually(lambda: gate.open == 0)
+    # And the bound is free again.
+    reader, writer = await connect(site)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200")
+    writer.close()
+    await site.owner.cleanup()
+    assert open_fds() <= fds + 5  # the pool and listener closed with the app; no socket left
