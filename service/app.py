@@ -51,11 +51,24 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             if header in exc.headers:
                 response.headers[header] = exc.headers[header]
         return response
+    except ConnectionError:
+        if request.transport is None or request.transport.is_closing():
+            # The peer went away under the handler (a WebSocket handshake reset, a write to a
+            # socket it dropped): its doing, not ours. Nobody is left to read an answer; this
+            # one is for the access log and the metrics, and aiohttp drops it quietly.
+            log.info("client went away during %s %s", request.method, request.path)
+            return web.Response(status=logs.STATUS_CLIENT_GONE)
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return internal_error()
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return handlers.json_response(
-            {"error": "internal_error", "message": "an unexpected error occurred"}, status=500
-        )
+        return internal_error()
+
+
+def internal_error() -> web.Response:
+    return handlers.json_response(
+        {"error": "internal_error", "message": "an unexpected error occurred"}, status=500
+    )
 
 
 def setup_routes(app: web.Application) -> None:
