@@ -64,6 +64,19 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+MIN_SECRET_BYTES = 32
+
+
+def _secret(raw: str) -> str:
+    size = len(raw.encode("utf-8", "surrogateescape"))
+    if size < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"must be at least {MIN_SECRET_BYTES} bytes (it has {size}); make one with "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return raw
+
+
 def _postgres_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in {"postgres", "postgresql"}:
@@ -83,6 +96,7 @@ class Setting:
     default: str
     parse: Callable[[str], Any]
     help: str
+    secret: bool = False  # never echoed, not even in an error
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -94,7 +108,9 @@ SETTINGS: tuple[Setting, ...] = (
         "the service runs its own embedded PostgreSQL.",
     ),
     Setting("DB_USERNAME", "", str, "database user, used when DATABASE_URL is empty"),
-    Setting("DB_PASSWORD", "", str, "database password, used when DATABASE_URL is empty"),
+    Setting(
+        "DB_PASSWORD", "", str, "database password, used when DATABASE_URL is empty", secret=True
+    ),
     Setting(
         "DB_SERVER",
         "",
@@ -199,21 +215,25 @@ SETTINGS: tuple[Setting, ...] = (
         "comma-separated keys; when set, writes, /metrics and every read need a credential "
         "(`Authorization: Bearer <key>`, or for one object's data its inbox token): none is "
         "401, a wrong one 403. Empty: writes are open (a WARNING is logged at start-up)",
+        secret=True,
     ),
     Setting(
         "INBOX_SECRET",
         "",
-        str,
+        _secret,
         "secret for inbox tokens (HMAC-SHA256 of the object id); when set, an object, its inbox "
         "and the alerts addressed to it need its token or an API key (missing: 401, wrong: "
-        "403). Empty: no tokens; reads are open unless API_KEYS is set (WARNING at start-up)",
+        "403). At least 32 bytes. Empty: no tokens; reads are open unless API_KEYS is set "
+        "(WARNING at start-up)",
+        secret=True,
     ),
     Setting(
         "INBOX_SECRET_PREVIOUS",
         "",
-        str,
+        _secret,
         "the secret before the last rotation: its tokens are still accepted, new tokens use "
-        "INBOX_SECRET",
+        "INBOX_SECRET. At least 32 bytes",
+        secret=True,
     ),
     Setting(
         "ALLOWED_ORIGINS",
@@ -329,7 +349,8 @@ class Config:
             try:
                 values[setting.env] = setting.parse(raw) if raw != "" else ""
             except ValueError as exc:
-                raise ConfigError(f"{setting.env}={raw!r} is not valid: {exc}") from None
+                shown = setting.env if setting.secret else f"{setting.env}={_hide_password(raw)!r}"
+                raise ConfigError(f"{shown} is not valid: {exc}") from None
         return cls(
             database_url=_database_url(values),
             listen_database_url=values["LISTEN_DATABASE_URL"] or None,
@@ -367,6 +388,19 @@ class Config:
     def with_database(self, url: str) -> Config:
         """The same settings pointed at `url` (used once the embedded server is up)."""
         return replace(self, database_url=url)
+
+
+def _hide_password(raw: str) -> str:
+    """A URL as it may be shown: without its password (`postgresql://u:***@h/db`)."""
+    try:
+        parts = urlsplit(raw)
+        password = parts.password
+    except ValueError:  # not a URL urlsplit can take apart (an unclosed "[", say)
+        return raw if "@" not in raw else "***"
+    if password is None:
+        return raw
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _database_url(values: Mapping[str, Any]) -> str | None:
