@@ -64,7 +64,7 @@ def path_id(request: web.Request, name: str) -> int:
     raw = request.match_info[name]
     parsed = schemas.parse_id(raw)
     if parsed is None:
-        raise NotFound(f"no {name.removesuffix('_id')} with id {raw!r}")
+        raise NotFound(f"no {name.removesuffix('_id')} with id {raw[:32]!r}")
     return parsed
 
 
@@ -167,7 +167,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 def parse_after(request: web.Request) -> int:
     raw = request.query.get("after", "0")
-    if not raw.isascii() or not raw.isdigit() or int(raw) > schemas.MAX_ID:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) > schemas.MAX_ID:
         raise MalformedRequest("after must be the id of the last alert received (an integer >= 0)")
     return int(raw)
 

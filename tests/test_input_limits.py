@@ -65,3 +65,16 @@ async def test_a_phone_extension_is_refused_not_dropped(
         "phone_number": ["Extensions are not supported: send the number without one."]
     }
     assert await db.fetchval("SELECT count(*) FROM objects") == 0
+
+
+async def test_numbers_too_long_for_int_are_not_a_500(client: Client) -> None:
+    """int() refuses strings of more than 4300 digits with ValueError: once a 500."""
+    digits = "9" * 5000
+    response = await client.post("/object", json=OBJECT)
+    object_id = (await response.json())["id"]
+    response = await client.get(f"/inbox/{object_id}", params={"after": digits})
+    assert response.status == 400
+    for path in (f"/object/{digits}", f"/alert/{digits}"):
+        response = await client.get(path)
+        assert response.status == 404
+        assert len(await response.read()) < 200
