@@ -126,9 +126,10 @@ async def cpu_of(work: Awaitable[Any]) -> tuple[float, Any]:
 
 
 async def test_a_gzip_bomb_costs_little_and_is_refused(start_url: Start, bomb: bytes) -> None:
-    """The bomb is sent to a route that reads bodies (with and without a key), and to one
-    that does not; the server's CPU (this process: client and server) stays a small fraction
-    of what inflating the bomb costs."""
+    """The bomb is sent five times: to a route that reads bodies (with a key, without, with a
+    wrong one), to an unknown route and to one that reads no body. All five together cost this
+    process (client and server) less than half of what inflating the bomb once costs; aiohttp
+    inflating each as it arrived cost five times that."""
     inflate_cost, size = await cpu_of(asyncio.to_thread(lambda: len(gzip.decompress(bomb))))
     assert size == 128 << 20
     base = await start_url(API_KEYS=KEY)
@@ -147,7 +148,7 @@ async def test_a_gzip_bomb_costs_little_and_is_refused(start_url: Start, bomb: b
     async with aiohttp.ClientSession() as session:
         cost, _ = await cpu_of(session.get(f"{base}/healthz", data=bomb, headers=gz))
         spent += cost
-    assert spent < inflate_cost / 5, (spent, inflate_cost)
+    assert spent < inflate_cost / 2, (spent, inflate_cost)
 
 
 async def exchange(base: str, head: bytes, body: bytes | None = None) -> tuple[bytes, bytes]:
