@@ -2,11 +2,15 @@
 
 Every error body has one shape: {"error": <code>, "message": <text>} plus "fields" for
 validation failures. `code` is stable and documented; `message` is for humans.
+
+This is the one home of the error codes: each class declares its status, its code and what it
+means to a client once; the JSON-error middleware, aiohttp's own HTTP errors (`for_status`) and
+the OpenAPI document (`documented`) read them from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 
 class ServiceError(Exception):
@@ -14,6 +18,7 @@ class ServiceError(Exception):
 
     status = 500
     code = "internal_error"
+    meaning = "an unexpected error; the service logged it"
     headers: Mapping[str, str] = {}  # e.g. WWW-Authenticate on 401
 
     def __init__(self, message: str) -> None:
@@ -27,11 +32,15 @@ class ServiceError(Exception):
 class MalformedRequest(ServiceError):
     status = 400
     code = "malformed_request"
+    meaning = "the body is not JSON or not a JSON object, or not valid for its Content-Encoding"
 
 
 class UnsupportedMediaType(ServiceError):
     status = 415
     code = "unsupported_media_type"
+    meaning = (
+        "the body is not application/json, or its Content-Encoding is not gzip, deflate or identity"
+    )
 
     def __init__(self, message: str, *, accept_encoding: str | None = None) -> None:
         super().__init__(message)
@@ -39,16 +48,12 @@ class UnsupportedMediaType(ServiceError):
             self.headers = {"Accept-Encoding": accept_encoding}
 
 
-class PayloadTooLarge(ServiceError):
-    status = 413
-    code = "payload_too_large"
-
-
 class RequestTimeout(ServiceError):
     """The body did not arrive in time (a client trickling it); the connection is closed."""
 
     status = 408
     code = "request_timeout"
+    meaning = "the body did not arrive within HTTP_BODY_TIMEOUT; the connection is closed"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -58,6 +63,7 @@ class RequestTimeout(ServiceError):
 class ValidationFailed(ServiceError):
     status = 422
     code = "validation_failed"
+    meaning = "see `fields` for each failing field's messages"
 
     def __init__(self, fields: Mapping[str, Sequence[str] | Mapping[str, object]]) -> None:
         super().__init__("the request body did not pass validation")
@@ -67,19 +73,38 @@ class ValidationFailed(ServiceError):
         return {**super().body(), "fields": self.fields}
 
 
+class MethodNotAllowed(ServiceError):
+    """Raised by aiohttp's router; declared here for its code and meaning."""
+
+    status = 405
+    code = "method_not_allowed"
+    meaning = "the route exists, the method does not"
+
+
+class PayloadTooLarge(ServiceError):
+    """Raised by body.py, or by aiohttp when a body is over `client_max_size`."""
+
+    status = 413
+    code = "payload_too_large"
+    meaning = "the body, as sent or as it inflates, is over MAX_BODY_BYTES"
+
+
 class NotFound(ServiceError):
     status = 404
     code = "not_found"
+    meaning = "no such object, alert or route"
 
 
 class DatabaseUnavailable(ServiceError):
     status = 503
     code = "database_unavailable"
+    meaning = "the database cannot be reached; retry"
 
 
 class Unauthorized(ServiceError):
     status = 401
     code = "unauthorized"
+    meaning = "no credential was sent (see the route's security)"
 
     def __init__(self, message: str, *, realm: str = "inbox") -> None:
         super().__init__(message)
@@ -89,11 +114,16 @@ class Unauthorized(ServiceError):
 class Forbidden(ServiceError):
     status = 403
     code = "forbidden"
+    meaning = (
+        "the credential does not open this route (a wrong key, a wrong token, another "
+        "object's token)"
+    )
 
 
 class IdempotencyKeyReused(ServiceError):
     status = 422
     code = "idempotency_key_reused"
+    meaning = "this Idempotency-Key was used with another body"
 
 
 class TooManySocketsForObject(ServiceError):
@@ -101,6 +131,7 @@ class TooManySocketsForObject(ServiceError):
 
     status = 429
     code = "too_many_sockets"
+    meaning = "the object has WS_MAX_PER_OBJECT sockets"
 
 
 class TooManySockets(ServiceError):
@@ -108,3 +139,20 @@ class TooManySockets(ServiceError):
 
     status = 503
     code = "server_busy"
+    meaning = "the process has WS_MAX_PER_PROCESS sockets"
+
+
+def documented() -> Iterator[type[ServiceError]]:
+    """Every error class a client can receive (the 500 of the base class aside), for the
+    OpenAPI document."""
+    pending = list(ServiceError.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        pending.extend(cls.__subclasses__())
+        yield cls
+
+
+# aiohttp raises its own HTTP errors (bad request line, no route, wrong method, body too big):
+# the middleware answers them with these codes.
+_AIOHTTP_ERRORS = (MalformedRequest, NotFound, MethodNotAllowed, PayloadTooLarge)
+BY_AIOHTTP_STATUS: Mapping[int, type[ServiceError]] = {cls.status: cls for cls in _AIOHTTP_ERRORS}

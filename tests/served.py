@@ -21,7 +21,7 @@ async def serve(database_url: str) -> AsyncIterator[Serve]:
 
     async def start(**overrides: str) -> server.Site:
         config = make_config(database_url, HOST="127.0.0.1", PORT="0", **overrides)
-        site = await server.start(create_app(config), config)
+        site = await server.start(create_app(config, database_url), config)
         sites.append(site)
         return site
 
