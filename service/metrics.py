@@ -27,7 +27,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from .keys import config_key, db_key, hub_key, listener_key, metrics_key, sockets_key
+from .keys import config_key, db_key, gate_key, hub_key, listener_key, metrics_key, sockets_key
 from .meter import LATENCY_BUCKETS
 from .wire import STATUS_CLIENT_GONE
 
@@ -92,6 +92,18 @@ class RealtimeCollector(Collector):
             "times the LISTEN connection was re-opened after failing or dropping",
             value=listener.reconnects if listener is not None else 0,
         )
+        gate = app.get(gate_key)
+        if gate is not None:  # counted by the server `inbox serve` runs (server.py)
+            yield GaugeMetricFamily(
+                "inbox_open_connections",
+                "TCP connections open, in every state (waiting for a request, in one, sockets)",
+                value=gate.open,
+            )
+            yield CounterMetricFamily(
+                "inbox_connections_refused",
+                "connections answered 503 and closed at once: MAX_CONNECTIONS were open",
+                value=gate.refused,
+            )
         yield CounterMetricFamily(
             "inbox_frames_sent", "alert frames written to WebSockets", value=meter.frames_sent
         )

@@ -35,7 +35,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from .config import Config
-from .keys import expects_continue_key
+from .keys import expects_continue_key, gate_key
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ class Runner(web.AppRunner):
     def __init__(self, app: web.Application, config: Config, **kwargs: Any) -> None:
         super().__init__(app, access_log=None, **handler_settings(config), **kwargs)
         self.gate = Gate(config.max_connections)
+        app[gate_key] = self.gate  # for /metrics
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()

@@ -36,6 +36,15 @@ async def closed_after(reader: asyncio.StreamReader, limit: float) -> tuple[floa
     return time.monotonic() - started, received
 
 
+async def scrape(site: server.Site) -> str:
+    reader, writer = await connect(site)
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return (await asyncio.wait_for(reader.read(), 5)).decode()
+    finally:
+        writer.close()
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -144,12 +153,16 @@ async def test_connections_are_counted_bounded_and_do_not_pile_up(serve: Serve) 
     assert gate.open == 50
     assert gate.refused >= 1
     extra_writer.close()
+
     # All of them are closed by the server in time; nothing stays behind.
     results = await asyncio.gather(*(closed_after(r, TIMEOUT + SLACK) for r, _ in idle))
     assert all(received == b"" for _, received in results)
     for _, writer in idle:
         writer.close()
     await eventually(lambda: gate.open == 0)
+    metrics = await scrape(site)
+    assert "inbox_open_connections 1.0" in metrics  # the scrape's own
+    assert f"inbox_connections_refused_total {gate.refused:.1f}" in metrics
     # And the bound is free again.
     reader, writer = await connect(site)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
