@@ -233,7 +233,9 @@ async def start(
 
 
 def serve(app: web.Application, config: Config, *, reuse_port: bool = False) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully (inbox sockets get 1001)."""
+    """Serve until SIGINT or SIGTERM, then shut down as aiohttp's run_app does: the runner's
+    cleanup first, while connections are still alive (inbox sockets get 1001), then whatever
+    tasks are left."""
 
     async def main() -> None:
         site = await start(app, config, reuse_port=reuse_port, handle_signals=True)
@@ -243,5 +245,21 @@ def serve(app: web.Application, config: Config, *, reuse_port: bool = False) -> 
         finally:
             await site.owner.cleanup()
 
-    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
-        asyncio.run(main())
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    task = loop.create_task(main())
+    try:
+        loop.run_until_complete(task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(task)
+        left = asyncio.all_tasks(loop)
+        for other in left:
+            other.cancel()
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        asyncio.set_event_loop(None)
+        loop.close()

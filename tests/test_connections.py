@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
+from pathlib import Path
 
+import aiohttp
+import asyncpg
 import orjson
 
+import testbed
 from service import server
+from service.wire import CLOSE_GOING_AWAY
 
 from .conftest import eventually
 from .served import Serve, serve
@@ -170,3 +176,28 @@ async def test_connections_are_counted_bounded_and_do_not_pile_up(serve: Serve) 
     writer.close()
     await site.owner.cleanup()
     assert open_fds() <= fds + 5  # the pool and listener closed with the app; no socket left
+
+
+async def test_inbox_serve_stops_gracefully_on_sigterm(
+    database_url: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """`inbox serve` itself: its open inbox sockets are closed with 1001 (going away) before
+    the process exits 0, without a traceback."""
+    object_id = await db.fetchval(
+        "INSERT INTO objects (email, phone_number) VALUES ('a@example.com', '+1') RETURNING id"
+    )
+    log_path = tmp_path / "serve.log"
+    with (
+        log_path.open("wb") as log_file,
+        testbed.service(database_url, log_file, cwd=tmp_path) as process,
+    ):
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(f"{process.url}/inbox/{object_id}")
+            process.process.send_signal(signal.SIGTERM)
+            message = await ws.receive(timeout=10)
+            assert message.type == aiohttp.WSMsgType.CLOSE, message
+            assert ws.close_code == CLOSE_GOING_AWAY
+            await ws.close()
+        await asyncio.to_thread(process.process.wait, 20)
+    assert process.process.returncode == 0
+    assert "Traceback" not in log_path.read_text()
