@@ -140,12 +140,23 @@ IDEMPOTENCY_KEY = {
 }
 
 
+CONTENT_ENCODING = {
+    "name": "Content-Encoding",
+    "in": "header",
+    "required": False,
+    "description": "the body may be compressed; it is inflated at most to MAX_BODY_BYTES "
+    "(413 past it); other codings are 415",
+    "schema": {"type": "string", "enum": ["identity", "gzip", "x-gzip", "deflate"]},
+}
+
+
 def _errors(*names: str) -> dict[str, Any]:
     return {str(ERRORS[name].status): {"$ref": f"#/components/responses/{name}"} for name in names}
 
 
 WRITE_ERRORS = (
     "MalformedRequest",
+    "RequestTimeout",
     "PayloadTooLarge",
     "UnsupportedMediaType",
     "ValidationFailed",
@@ -185,7 +196,7 @@ def build(config: Config) -> dict[str, Any]:
                 "summary": "Create an object (a contact)",
                 "description": "The email is stored normalised, the phone number in E.164 "
                 "(numbers without +country are read in PHONE_DEFAULT_REGION).",
-                "parameters": [IDEMPOTENCY_KEY],
+                "parameters": [IDEMPOTENCY_KEY, CONTENT_ENCODING],
                 "requestBody": _body(object_create),
                 "responses": {
                     "200": _json("the object as stored", schemas.ObjectOut),
@@ -215,7 +226,7 @@ def build(config: Config) -> dict[str, Any]:
                 "description": "`object_ids` is required unless `alert_all` is true (then it "
                 f"must be empty or absent); at most {config.alert_max_object_ids} ids. Ids that "
                 "do not exist are not counted; duplicates count once.",
-                "parameters": [IDEMPOTENCY_KEY],
+                "parameters": [IDEMPOTENCY_KEY, CONTENT_ENCODING],
                 "requestBody": _body(alert_create),
                 "responses": {
                     "200": _json(
