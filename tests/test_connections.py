@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -201,3 +203,34 @@ async def test_inbox_serve_stops_gracefully_on_sigterm(
         await asyncio.to_thread(process.process.wait, 20)
     assert process.process.returncode == 0
     assert "Traceback" not in log_path.read_text()
+
+
+FIT = """
+import logging, resource, sys
+from service import server
+from service.config import Config
+logging.basicConfig()
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])))
+config = Config.from_env(environ={"MAX_CONNECTIONS": "1000"}, env_file=None)
+print(server.fit_open_files(config), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+def test_the_bound_fits_the_open_files_limit() -> None:
+    """Raised to fit when the hard limit allows; else the bound is lowered, with a WARNING."""
+
+    def fit(soft: int, hard: int) -> tuple[str, str]:
+        result = subprocess.run(
+            [sys.executable, "-c", FIT, str(soft), str(hard)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        return result.stdout.strip(), result.stderr
+
+    reserve = 10 + server.RESERVED_FDS  # DB_POOL_MAX_SIZE's default, and the rest
+    assert fit(300, 5000) == (f"1000 {1000 + reserve}", "")
+    out, err = fit(300, 300)
+    assert out == f"{300 - reserve} 300"
+    assert "MAX_CONNECTIONS=1000 does not fit the open-files limit (300)" in err
