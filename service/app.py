@@ -99,5 +99,7 @@ def create_app(config: Config, database_url: str) -> web.Application:
     setup_routes(app)
     app.cleanup_ctx.append(pool_context(database_url))
     app.cleanup_ctx.append(listener_context(config.listen_database_url or database_url))
+    if app[metrics_key].multiprocess:
+        app.cleanup_ctx.append(metrics.sync_context)
     app.on_shutdown.append(handlers.close_all_inboxes)
     return app

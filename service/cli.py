@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 
 import psycopg
@@ -118,26 +121,52 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         if workers == 1:
             _serve_one(config, url, reuse_port=False)
             return 0
-        context = multiprocessing.get_context("spawn")
-        processes = [
-            context.Process(target=_worker, args=(config, url), name=f"inbox-worker-{i}")
-            for i in range(workers)
-        ]
-        for process in processes:
-            process.start()
-        log.info(
-            "serving with %d worker processes on http://%s:%d", workers, config.host, config.port
-        )
-        try:
-            for process in processes:
-                process.join()
-        finally:
-            for process in processes:
-                if process.is_alive():
-                    process.terminate()
-            for process in processes:
-                process.join(timeout=10)
+        with shared_metrics_dir():
+            _serve_workers(config, url, workers)
     return 0
+
+
+def _serve_workers(config: Config, url: str, workers: int) -> None:
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker, args=(config, url), name=f"inbox-worker-{i}")
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    log.info("serving with %d worker processes on http://%s:%d", workers, config.host, config.port)
+    try:
+        for process in processes:
+            process.join()
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+
+
+@contextlib.contextmanager
+def shared_metrics_dir() -> Iterator[None]:
+    """PROMETHEUS_MULTIPROC_DIR for the workers, so that one scrape reports them all (see
+    metrics.py): the operator's own, emptied of an earlier run's files, or a temporary one.
+    Set before the workers start: prometheus_client reads it when a worker first imports it."""
+    from .metrics import MULTIPROC_DIR_ENV
+
+    configured = os.environ.get(MULTIPROC_DIR_ENV)
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="inbox-metrics-") as directory:
+        os.environ[MULTIPROC_DIR_ENV] = directory
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROC_DIR_ENV]
 
 
 def cmd_tail(config: Config, args: argparse.Namespace) -> int:
