@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import auth, console, handlers, logs, metrics, openapi
+from . import auth, console, handlers, history, logs, metrics, openapi
 from .config import Config
 from .db import Database, create_pool
 from .errors import ServiceError
@@ -61,6 +61,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/object", handlers.create_object)
     app.router.add_get("/object/{object_id}", handlers.get_object)
+    app.router.add_get("/object/{object_id}/alerts", history.history)
+    app.router.add_post("/object/{object_id}/ack", history.ack)
     app.router.add_post("/alert", handlers.create_alert)
     app.router.add_get("/alert/{alert_id}", handlers.get_alert)
     app.router.add_get("/inbox/{object_id}", handlers.inbox)

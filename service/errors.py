@@ -46,6 +46,13 @@ class ValidationFailed(ServiceError):
         return {**super().body(), "fields": self.fields}
 
 
+class NotAnAlertOfObject(ValidationFailed):
+    """An ack names an alert that the object never received (or that does not exist)."""
+
+    def __init__(self, alert_id: int, object_id: int) -> None:
+        super().__init__({"alert_id": [f"Alert {alert_id} is not an alert of object {object_id}."]})
+
+
 class NotFound(ServiceError):
     status = 404
     code = "not_found"
