@@ -117,7 +117,7 @@ def create_app(config: Config) -> web.Application:
             logs.access_log_middleware,
             metrics.metrics_middleware,
             json_errors,
-            auth.require_api_key,
+            auth.access_control,
         ],
         client_max_size=config.max_body_bytes,
     )

@@ -196,22 +196,24 @@ SETTINGS: tuple[Setting, ...] = (
         "API_KEYS",
         "",
         _csv,
-        "comma-separated keys; when set, every POST needs `Authorization: Bearer <key>` (else "
-        "401). Empty: writes are open (a WARNING is logged at start-up)",
+        "comma-separated keys; when set, writes, /metrics and every read need a credential "
+        "(`Authorization: Bearer <key>`, or for one object's data its inbox token): none is "
+        "401, a wrong one 403. Empty: writes are open (a WARNING is logged at start-up)",
     ),
     Setting(
         "INBOX_SECRET",
         "",
         str,
-        "secret for inbox tokens (HMAC-SHA256 of the object id); when set, /inbox/{id} needs "
-        "?token= (missing: 401, wrong: 403). Empty: inboxes are open (WARNING at start-up)",
+        "secret for inbox tokens (HMAC-SHA256 of the object id); when set, an object, its inbox "
+        "and the alerts addressed to it need its token or an API key (missing: 401, wrong: "
+        "403). Empty: no tokens; reads are open unless API_KEYS is set (WARNING at start-up)",
     ),
     Setting(
         "INBOX_SECRET_PREVIOUS",
         "",
         str,
-        "the secret before the last rotation: its tokens are still accepted on /inbox, new "
-        "tokens use INBOX_SECRET",
+        "the secret before the last rotation: its tokens are still accepted, new tokens use "
+        "INBOX_SECRET",
     ),
     Setting(
         "ALLOWED_ORIGINS",

@@ -168,6 +168,13 @@ class Database:
             row = await conn.fetchrow(Q.get_alert, alert_id)
         return dict(row) if row else None
 
+    async def get_alert_for_object(self, alert_id: int, object_id: int) -> Row | None:
+        """The alert as one recipient sees it (no other recipients), or None when it is not
+        addressed to that object."""
+        async with self.connection() as conn:
+            row = await conn.fetchrow(Q.get_alert_for_object, alert_id, object_id)
+        return dict(row) if row else None
+
     async def notification_queue_usage(self) -> float:
         """The fraction of the server's NOTIFY queue in use (read by /metrics)."""
         async with self.connection() as conn:

@@ -61,19 +61,21 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 def path_id(request: web.Request, name: str) -> int:
     """An id from the path; one that cannot exist is simply not found."""
     raw = request.match_info[name]
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= schemas.MAX_ID:
+    parsed = schemas.parse_id(raw)
+    if parsed is None:
         raise NotFound(f"no {name.removesuffix('_id')} with id {raw!r}")
-    return int(raw)
+    return parsed
 
 
 # -- objects ---------------------------------------------------------------------------------
 
 
 def dump_object(request: web.Request, row: dict[str, Any]) -> dict[str, Any]:
-    """The object, with its inbox token for callers trusted to write (see auth.py)."""
+    """The object, with its inbox token: whoever gets here holds a key or that very token
+    (or access control is off), see auth.py."""
     body = schemas.dump_object(row)
     token = auth.token_for(request.app[config_key], row["id"])
-    if token is not None and auth.has_valid_api_key(request):
+    if token is not None:
         body["inbox_token"] = token
     return body
 
@@ -118,8 +120,15 @@ async def create_alert(request: web.Request) -> web.Response:
 
 
 async def get_alert(request: web.Request) -> web.Response:
+    """All of the alert for a key holder; for a recipient's token (`?object_id=`), the alert
+    without the other recipients, and 404 for one not addressed to it, as for a missing one."""
     alert_id = path_id(request, "alert_id")
-    row = await request.app[db_key].get_alert(alert_id)
+    scope = auth.alert_scope(request)
+    db = request.app[db_key]
+    if scope is None:
+        row = await db.get_alert(alert_id)
+    else:
+        row = await db.get_alert_for_object(alert_id, scope)
     if row is None:
         raise NotFound(f"no alert with id {alert_id}")
     return json_response(schemas.dump_alert(row))

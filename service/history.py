@@ -18,7 +18,7 @@ from . import auth, schemas
 from .db import Database
 from .errors import MalformedRequest, NotFound
 from .handlers import json_response, path_id, read_json_object
-from .keys import config_key, db_key
+from .keys import db_key
 
 HISTORY_DEFAULT_LIMIT = 100
 HISTORY_MAX_LIMIT = 1000  # the inbox's backlog page: one page is one bounded query
@@ -54,18 +54,10 @@ def parse_limit(request: web.Request) -> int:
     return int(raw)
 
 
-def check_access(request: web.Request, object_id: int) -> None:
-    """What protects the object's inbox protects its history and cursor: an API key (when
-    API_KEYS is set) or the object's inbox token (when INBOX_SECRET is set)."""
-    if request.app[config_key].api_keys and auth.has_valid_api_key(request):
-        return
-    auth.check_inbox_token(request, object_id)
-
-
 async def history(request: web.Request) -> web.Response:
     object_id = path_id(request, "object_id")
     after, limit = parse_after(request), parse_limit(request)
-    check_access(request, object_id)
+    auth.check_object_access(request, object_id)  # also done by the access middleware
     db = request.app[db_key]
     start = await resolve_after(db, object_id, after)
     # One more than asked: whether a next page exists, without a count.
@@ -92,7 +84,7 @@ async def history(request: web.Request) -> web.Response:
 
 async def ack(request: web.Request) -> web.Response:
     object_id = path_id(request, "object_id")
-    check_access(request, object_id)
+    auth.check_object_access(request, object_id)  # also done by the access middleware
     body = await read_json_object(request)
     alert_id = schemas.load(schemas.ACK_SCHEMA, body)["alert_id"]
     acked, unread = await request.app[db_key].ack(object_id, alert_id)

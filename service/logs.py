@@ -6,6 +6,11 @@ ends the access log line, and is attached to every log line written while the re
 handled (a context variable, so tasks the handler starts inherit it). Each response also names
 the process that served it in `X-Inbox-Worker` (its pid, as in the log lines), which tells
 workers sharing a port apart.
+
+No credential reaches a log line: both formats pass the whole line (message, exception text,
+extra fields) through `redact`, which blanks `token=` and other secret query parameters,
+`Bearer` values and the password of a database URL, whichever logger wrote it (aiohttp's own
+include the request line in some errors).
 """
 
 from __future__ import annotations
@@ -39,6 +44,29 @@ access_log = logging.getLogger("inbox.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Query parameters whose values are secrets; matched anywhere in a line, case-insensitively, so
+# a URL inside an error message or an exception is covered too.
+SECRET_PARAMS = ("token", "access_token", "api_key", "apikey", "key", "secret", "password")
+REDACTED = "[redacted]"
+_SECRETS = re.compile(
+    rf"(?i)(?P<param>(?<![A-Za-z0-9_-])(?:{'|'.join(SECRET_PARAMS)})=)[^&\s\"'\\]+"
+    r"|(?P<scheme>\bBearer\s+)[^\s\"'\\,]+"
+    r"|(?P<url>\b[a-z][a-z0-9+.-]*://[^:/@\s\"']*:)[^@/\s\"']+@"
+)
+
+
+def _hide(match: re.Match[str]) -> str:
+    kept = match.group("param") or match.group("scheme")
+    if kept:
+        return kept + REDACTED
+    return f"{match.group('url')}{REDACTED}@"
+
+
+def redact(text: str) -> str:
+    """`text` with every credential it carries replaced by [redacted]."""
+    return _SECRETS.sub(_hide, text)
+
+
 # LogRecord attributes that are not "extra" fields worth a JSON key.
 _RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
 
@@ -64,7 +92,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         request_id = getattr(record, "request_id", None)
-        return f"{line} request_id={request_id}" if request_id else line
+        return redact(f"{line} request_id={request_id}" if request_id else line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -86,7 +114,8 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        safe = {key: redact(v) if isinstance(v, str) else v for key, v in entry.items()}
+        return orjson.dumps(safe, default=lambda v: redact(str(v))).decode()
 
 
 def setup(log_format: str = "text", level: str = "info") -> None:
@@ -108,6 +137,18 @@ def setup(log_format: str = "text", level: str = "info") -> None:
 def request_id_for(request: web.BaseRequest) -> str:
     sent = request.headers.get(REQUEST_ID_HEADER, "")
     return sent if SANE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+
+
+def loggable_target(request: web.BaseRequest) -> str:
+    """The path and query as the client meant them, with every secret parameter's value
+    replaced (decoded first, so `?%74oken=` is caught like `?token=`)."""
+    if not request.query_string:
+        return request.path
+    query = "&".join(
+        f"{name}={REDACTED if name.lower() in SECRET_PARAMS else value}"
+        for name, value in request.query.items()
+    )
+    return f"{request.path}?{query}"
 
 
 @web.middleware
@@ -136,11 +177,12 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         raise
     finally:
         elapsed = time.perf_counter() - started
+        target = loggable_target(request)
         access_log.info(
             '%s "%s %s HTTP/%d.%d" %d %dB %.1fms',
             request.remote,
             request.method,
-            request.path_qs,
+            target,
             *request.version,
             status,
             size,
@@ -149,7 +191,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
                 "request_id": request_id,
                 "remote": request.remote,
                 "method": request.method,
-                "path": request.path_qs,
+                "path": target,
                 "status": status,
                 "bytes": size,
                 "duration_ms": round(elapsed * 1000, 3),

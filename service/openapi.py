@@ -16,6 +16,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from . import __version__, schemas
+from .auth import Access, access_is_on, access_of
 from .config import Config
 from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW
 from .keys import config_key
@@ -84,14 +85,6 @@ AFTER_PARAMETER = {
     },
 }
 
-TOKEN_PARAMETER = {
-    "name": "token",
-    "in": "query",
-    "required": False,
-    "description": "the object's inbox_token; needed with INBOX_SECRET unless an API key is sent",
-    "schema": {"type": "string"},
-}
-
 
 def _error(description: str) -> dict[str, Any]:
     return _json(description, schemas.Error)
@@ -128,8 +121,62 @@ ERRORS: dict[str, tuple[int, str]] = {
     "UnsupportedMediaType": (415, "unsupported_media_type: the body is not application/json"),
     "ValidationFailed": (422, "validation_failed: see `fields` for each failing field's messages"),
     "DatabaseUnavailable": (503, "database_unavailable: the database cannot be reached; retry"),
-    "Unauthorized": (401, "unauthorized: API_KEYS is set and no valid Bearer key was sent"),
+    "Unauthorized": (401, "unauthorized: no credential was sent (see the route's security)"),
+    "Forbidden": (
+        403,
+        "forbidden: the credential does not open this route (a wrong key, a wrong token, "
+        "another object's token)",
+    ),
 }
+
+SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
+    "apiKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "one of API_KEYS, as `Authorization: Bearer <key>`; opens every route. "
+        "Never in a URL.",
+    },
+    "inboxToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "the object's `inbox_token` (with INBOX_SECRET), as "
+        "`Authorization: Bearer <token>`; opens that object's routes and the alerts "
+        "addressed to it",
+    },
+    "inboxTokenQuery": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "token",
+        "description": "the same inbox token as `?token=`, for clients that cannot set headers "
+        "(WebSocket, EventSource)",
+    },
+}
+
+
+def security_for(config: Config, access: Access) -> list[dict[str, list[str]]]:
+    """The OpenAPI security requirement (alternatives) of a route under `config`."""
+    if access is Access.OPEN or not access_is_on(config):
+        return []
+    Requirement = dict[str, list[str]]
+    key: list[Requirement] = [{"apiKey": []}] if config.api_keys else []
+    if access is Access.API_KEY:
+        return key
+    tokens: list[Requirement] = (
+        [{"inboxToken": []}, {"inboxTokenQuery": []}] if config.inbox_secret else []
+    )
+    return key + tokens
+
+
+def secure(document: dict[str, Any], config: Config) -> None:
+    """Declare on every operation what `auth` really asks of it, and its 401/403 answers."""
+    document.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            security = security_for(config, access_of(path))
+            operation["security"] = security
+            if security:
+                for status, response in _errors("Unauthorized", "Forbidden").items():
+                    operation["responses"].setdefault(status, response)
 
 
 IDEMPOTENCY_KEY = {
@@ -146,14 +193,7 @@ def _errors(*names: str) -> dict[str, Any]:
     return {str(ERRORS[name][0]): {"$ref": f"#/components/responses/{name}"} for name in names}
 
 
-OBJECT_ACCESS_ERRORS = {
-    "401": _error("unauthorized: access control is on and neither an API key nor a token was sent"),
-    "403": _error("forbidden: the token is not this object's"),
-}
-
-
 WRITE_ERRORS = (
-    "Unauthorized",
     "MalformedRequest",
     "PayloadTooLarge",
     "UnsupportedMediaType",
@@ -241,7 +281,6 @@ def build(config: Config) -> dict[str, Any]:
                             "default": 100,
                         },
                     },
-                    TOKEN_PARAMETER,
                 ],
                 "responses": {
                     "200": {
@@ -257,7 +296,6 @@ def build(config: Config) -> dict[str, Any]:
                     "400": _error(
                         "malformed_request: `after` or `limit` is malformed or out of range"
                     ),
-                    **OBJECT_ACCESS_ERRORS,
                     **_errors("NotFound", "DatabaseUnavailable"),
                 },
             }
@@ -269,11 +307,10 @@ def build(config: Config) -> dict[str, Any]:
             "post": {
                 "summary": "Mark every alert of the object up to `alert_id` as read",
                 "description": ACK_DESCRIPTION,
-                "parameters": [_path_id("object_id", "object"), TOKEN_PARAMETER],
+                "parameters": [_path_id("object_id", "object")],
                 "requestBody": _body(schemas.ACK_SCHEMA),
                 "responses": {
                     "200": _json("the read cursor as it stands now", schemas.AckOut),
-                    **OBJECT_ACCESS_ERRORS,
                     **_errors(
                         "MalformedRequest",
                         "NotFound",
@@ -313,7 +350,19 @@ def build(config: Config) -> dict[str, Any]:
         operations={
             "get": {
                 "summary": "Read an alert",
-                "parameters": [_path_id("alert_id", "alert")],
+                "description": "With an API key, the whole alert. With a recipient's inbox "
+                "token, name that recipient with `object_id`: the alert is shown without the "
+                "other recipients, and one not addressed to it is 404 like a missing one.",
+                "parameters": [
+                    _path_id("alert_id", "alert"),
+                    {
+                        "name": "object_id",
+                        "in": "query",
+                        "required": False,
+                        "description": "the recipient whose inbox token is presented",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_ID},
+                    },
+                ],
                 "responses": {
                     "200": _json("the alert", schemas.AlertOut),
                     **_errors("NotFound", "DatabaseUnavailable"),
@@ -336,13 +385,6 @@ def build(config: Config) -> dict[str, Any]:
                         "description": "id of the last alert received; only later ones are sent",
                         "schema": {"type": "integer", "minimum": 0, "default": 0},
                     },
-                    {
-                        "name": "token",
-                        "in": "query",
-                        "required": False,
-                        "description": "the object's inbox_token; needed with INBOX_SECRET",
-                        "schema": {"type": "string"},
-                    },
                 ],
                 "responses": {
                     "101": {
@@ -354,8 +396,9 @@ def build(config: Config) -> dict[str, Any]:
                         "description": "malformed_request: `after` is not an integer >= 0",
                         "content": {"application/json": {"schema": schemas.Error}},
                     },
-                    "401": _error("unauthorized: INBOX_SECRET is set and no token was sent"),
-                    "403": _error("forbidden: a wrong token, or an Origin not in ALLOWED_ORIGINS"),
+                    "403": _error(
+                        "forbidden: a wrong credential, or an Origin not in ALLOWED_ORIGINS"
+                    ),
                     "429": _error("too_many_sockets: the object has WS_MAX_PER_OBJECT sockets"),
                     **_errors("NotFound"),
                     "503": _error(
@@ -437,6 +480,7 @@ def build(config: Config) -> dict[str, Any]:
         },
     )
     document: dict[str, Any] = spec.to_dict()
+    secure(document, config)
     return document
 
 

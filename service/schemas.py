@@ -30,6 +30,14 @@ from .errors import ValidationFailed
 MAX_ID = 2**63 - 1  # ids are PostgreSQL bigint
 
 
+def parse_id(raw: str) -> int | None:
+    """An id written in a path or query (ASCII digits, 1 to MAX_ID), or None."""
+    # The length check first: int() refuses strings of more than 4300 digits with ValueError.
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not 1 <= int(raw) <= MAX_ID:
+        return None
+    return int(raw)
+
+
 class StrictBoolean(fields.Boolean):
     """Only JSON true/false: "yes", 1 and friends are type errors, not booleans."""
 

@@ -18,6 +18,7 @@ from service.keys import hub_key, sockets_key
 from .conftest import app_of, create_object, make_config
 
 Client = TestClient[Any, Any]
+SECRET = "inbox-secret-0123456789abcdef0123456789"
 OBJECT = {"email": "bob@example.com", "phone_number": "212-555-1234"}
 UPGRADE = {
     "Upgrade": "websocket",
@@ -41,30 +42,33 @@ async def counts(db: asyncpg.Connection) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize(
-    "headers",
+    ("headers", "status"),
     [
-        {},
-        bearer("wrong"),
-        bearer("key-one-"),
-        bearer("key-on"),
-        {"Authorization": "key-one"},
-        {"Authorization": "Basic key-one"},
-        {"Authorization": "Bearer"},
-        {"Authorization": "Bearer "},
+        ({}, 401),
+        (bearer("wrong"), 403),
+        (bearer("key-one-"), 403),
+        (bearer("key-on"), 403),
+        ({"Authorization": "key-one"}, 401),
+        ({"Authorization": "Basic key-one"}, 401),
+        ({"Authorization": "Bearer"}, 401),
+        ({"Authorization": "Bearer "}, 401),
     ],
 )
-async def test_post_without_a_valid_key_is_401_and_writes_nothing(
-    make_client: Any, db: asyncpg.Connection, headers: dict[str, str]
+async def test_post_without_a_valid_key_is_refused_and_writes_nothing(
+    make_client: Any, db: asyncpg.Connection, headers: dict[str, str], status: int
 ) -> None:
+    """No key (or not as a Bearer credential) is 401, a wrong key 403."""
     client = await make_client(API_KEYS="key-one, key-two")
+    code = {401: "unauthorized", 403: "forbidden"}[status]
     for path, body in (("/object", OBJECT), ("/alert", {"text": "x", "alert_all": True})):
         response = await client.post(path, json=body, headers=headers)
-        assert response.status == 401, await response.text()
-        assert (await response.json())["error"] == "unauthorized"
-        assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    # Refused before the body is read: even an invalid body gets 401, not 422.
+        assert response.status == status, await response.text()
+        assert (await response.json())["error"] == code
+        if status == 401:
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    # Refused before the body is read: even an invalid body gets 401/403, not 422.
     response = await client.post("/alert", data=b"{", headers=headers)
-    assert response.status == 401
+    assert response.status == status
     assert await counts(db) == (0, 0)
 
 
@@ -81,13 +85,99 @@ async def test_post_with_any_configured_key_is_accepted(make_client: Any) -> Non
         assert response.status == 200
 
 
-async def test_reads_do_not_need_a_key(make_client: Any) -> None:
-    client = await make_client(API_KEYS="key-one")
+async def test_reads_need_a_key_or_the_objects_token(make_client: Any) -> None:
+    client = await make_client(API_KEYS="key-one", INBOX_SECRET=SECRET)
     response = await client.post("/object", json=OBJECT, headers=bearer("key-one"))
     created = await response.json()
-    response = await client.get(f"/object/{created['id']}")
+    path = f"/object/{created['id']}"
+    assert (await client.get(path)).status == 401
+    for headers, params in (
+        (bearer("key-one"), {}),
+        (bearer(created["inbox_token"]), {}),
+        ({}, {"token": created["inbox_token"]}),
+        (bearer("wrong"), {"token": created["inbox_token"]}),  # one valid credential suffices
+    ):
+        response = await client.get(path, headers=headers, params=params)
+        assert response.status == 200, await response.text()
+        assert await response.json() == created
+    # Health, readiness and the documents stay open.
+    for open_path in ("/healthz", "/readyz", "/openapi.json", "/"):
+        assert (await client.get(open_path)).status == 200
+
+
+async def test_metrics_need_a_key_when_keys_are_set(make_client: Any) -> None:
+    client = await make_client(API_KEYS="key-one")
+    assert (await client.get("/metrics")).status == 401
+    assert (await client.get("/metrics", headers=bearer("nope"))).status == 403
+    assert (await client.get("/metrics", headers=bearer("key-one"))).status == 200
+    open_client = await make_client(INBOX_SECRET=SECRET)
+    assert (await open_client.get("/metrics")).status == 200
+
+
+async def test_an_alert_as_a_recipient_sees_it(make_client: Any) -> None:
+    client = await make_client(API_KEYS="key-one", INBOX_SECRET=SECRET)
+    key = bearer("key-one")
+    objects = [await (await client.post("/object", json=OBJECT, headers=key)).json() for _ in "ab"]
+    first, second = objects
+    response = await client.post(
+        "/alert", json={"text": "both", "object_ids": [first["id"], second["id"]]}, headers=key
+    )
+    alert = await response.json()
+    response = await client.post(
+        "/alert", json={"text": "everyone", "alert_all": True}, headers=key
+    )
+    to_all = await response.json()
+    full = await (await client.get(f"/alert/{alert['id']}", headers=key)).json()
+    assert full["object_ids"] == [first["id"], second["id"]]
+    for obj in objects:
+        for headers, params in (
+            ({}, {"token": obj["inbox_token"], "object_id": str(obj["id"])}),
+            (bearer(obj["inbox_token"]), {"object_id": str(obj["id"])}),
+        ):
+            response = await client.get(f"/alert/{alert['id']}", headers=headers, params=params)
+            assert response.status == 200, await response.text()
+            assert await response.json() == {**full, "object_ids": [obj["id"]]}
+            response = await client.get(f"/alert/{to_all['id']}", headers=headers, params=params)
+            assert await response.json() == to_all
+    # Without naming the object, a token opens nothing; naming another object neither.
+    response = await client.get(f"/alert/{alert['id']}", params={"token": first["inbox_token"]})
+    assert response.status == 403
+    response = await client.get(
+        f"/alert/{alert['id']}",
+        params={"token": first["inbox_token"], "object_id": str(second["id"])},
+    )
+    assert response.status == 403
+
+
+async def test_keys_only_objects_and_inboxes_need_the_key(make_client: Any) -> None:
+    client = await make_client(API_KEYS="key-one")
+    created = await (await client.post("/object", json=OBJECT, headers=bearer("key-one"))).json()
+    assert "inbox_token" not in created
+    path = f"/inbox/{created['id']}"
+    assert (await refused(client, path, 401))["error"] == "unauthorized"
+    token = inbox_token(SECRET, created["id"])
+    assert (await refused(client, f"{path}?token={token}", 403))["error"] == "forbidden"
+    ws = await client.ws_connect(path, headers=bearer("key-one"))
+    await ws.close()
+
+
+async def test_secret_only_writes_are_open_and_tokens_guard_reads(make_client: Any) -> None:
+    client = await make_client(INBOX_SECRET=SECRET)
+    created = await create_object(client)
+    assert created["inbox_token"] == inbox_token(SECRET, created["id"])
+    assert (await client.get(f"/object/{created['id']}")).status == 401
+    response = await client.get(
+        f"/object/{created['id']}", params={"token": created["inbox_token"]}
+    )
     assert response.status == 200
-    assert (await client.get("/healthz")).status == 200
+    response = await client.post("/alert", json={"text": "x", "object_ids": [created["id"]]})
+    alert = await response.json()
+    assert (await client.get(f"/alert/{alert['id']}")).status == 401
+    response = await client.get(
+        f"/alert/{alert['id']}",
+        params={"token": created["inbox_token"], "object_id": str(created["id"])},
+    )
+    assert response.status == 200
 
 
 async def test_open_configuration_warns_at_start_up(
@@ -100,7 +190,7 @@ async def test_open_configuration_warns_at_start_up(
     assert any("INBOX_SECRET is not set" in m for m in messages)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="service.auth"):
-        create_app(make_config(database_url, API_KEYS="k", INBOX_SECRET="s"))
+        create_app(make_config(database_url, API_KEYS="k", INBOX_SECRET=SECRET))
     assert not caplog.records
 
 
@@ -114,25 +204,26 @@ def test_secrets_stay_out_of_the_config_repr(database_url: str) -> None:
 
 
 async def test_inbox_token_is_returned_with_the_object(make_client: Any) -> None:
-    client = await make_client(INBOX_SECRET="s1")
+    client = await make_client(INBOX_SECRET=SECRET)
     created = await create_object(client)
-    assert created["inbox_token"] == inbox_token("s1", created["id"])
-    response = await client.get(f"/object/{created['id']}")
+    assert created["inbox_token"] == inbox_token(SECRET, created["id"])
+    token = {"token": created["inbox_token"]}
+    response = await client.get(f"/object/{created['id']}", params=token)
     assert (await response.json())["inbox_token"] == created["inbox_token"]
     # Without INBOX_SECRET there is no token to give.
     open_client = await make_client()
     assert "inbox_token" not in await create_object(open_client)
 
 
-async def test_inbox_token_only_for_callers_with_an_api_key(make_client: Any) -> None:
-    client = await make_client(INBOX_SECRET="s1", API_KEYS="k")
+async def test_inbox_token_only_for_callers_with_a_key_or_the_token(make_client: Any) -> None:
+    client = await make_client(INBOX_SECRET=SECRET, API_KEYS="k")
     response = await client.post("/object", json=OBJECT, headers=bearer("k"))
     created = await response.json()
-    assert created["inbox_token"] == inbox_token("s1", created["id"])
-    anonymous = await (await client.get(f"/object/{created['id']}")).json()
-    assert "inbox_token" not in anonymous
-    response = await client.get(f"/object/{created['id']}", headers=bearer("wrong"))
-    assert "inbox_token" not in await response.json()
+    assert created["inbox_token"] == inbox_token(SECRET, created["id"])
+    for headers in ({}, bearer("wrong")):
+        response = await client.get(f"/object/{created['id']}", headers=headers)
+        assert response.status in (401, 403)
+        assert "inbox_token" not in await response.text()
     response = await client.get(f"/object/{created['id']}", headers=bearer("k"))
     assert (await response.json())["inbox_token"] == created["inbox_token"]
 
@@ -153,13 +244,13 @@ async def refused(client: Client, path: str, status: int, **headers: str) -> dic
 
 
 async def test_inbox_needs_the_token(make_client: Any) -> None:
-    client = await make_client(INBOX_SECRET="s1")
+    client = await make_client(INBOX_SECRET=SECRET)
     obj = await create_object(client)
     other = await create_object(client)
     body = await refused(client, f"/inbox/{obj['id']}", 401)
     assert body["error"] == "unauthorized"
     assert (await refused(client, f"/inbox/{obj['id']}?token=", 401))["error"] == "unauthorized"
-    for token in ("nope", other["inbox_token"], inbox_token("s2", obj["id"])):
+    for token in ("nope", other["inbox_token"], inbox_token(SECRET + "2", obj["id"])):
         body = await refused(client, f"/inbox/{obj['id']}?token={token}", 403)
         assert body["error"] == "forbidden"
     # Refused before the object is looked up: a missing object does not answer 404 to strangers.
@@ -169,18 +260,22 @@ async def test_inbox_needs_the_token(make_client: Any) -> None:
 
 
 async def test_previous_secret_still_opens_inboxes(make_client: Any) -> None:
-    old = await make_client(INBOX_SECRET="old")
+    old_secret, new_secret = "old-" + SECRET, "new-" + SECRET
+    old = await make_client(INBOX_SECRET=old_secret)
     obj = await create_object(old)
     old_token = obj["inbox_token"]
-    rotated = await make_client(INBOX_SECRET="new", INBOX_SECRET_PREVIOUS="old")
-    fresh = await (await rotated.get(f"/object/{obj['id']}")).json()
-    assert fresh["inbox_token"] == inbox_token("new", obj["id"]) != old_token
+    rotated = await make_client(INBOX_SECRET=new_secret, INBOX_SECRET_PREVIOUS=old_secret)
+    # A client holding the old token fetches its new one.
+    response = await rotated.get(f"/object/{obj['id']}", params={"token": old_token})
+    fresh = await response.json()
+    assert fresh["inbox_token"] == inbox_token(new_secret, obj["id"]) != old_token
     for token in (old_token, fresh["inbox_token"]):
         ws = await rotated.ws_connect(f"/inbox/{obj['id']}", params={"token": token})
         await ws.close()
-    await refused(rotated, f"/inbox/{obj['id']}?token={inbox_token('older', obj['id'])}", 403)
+    older = inbox_token("older-" + SECRET, obj["id"])
+    await refused(rotated, f"/inbox/{obj['id']}?token={older}", 403)
     # Once the previous secret is dropped, its tokens stop working.
-    done = await make_client(INBOX_SECRET="new")
+    done = await make_client(INBOX_SECRET=new_secret)
     await refused(done, f"/inbox/{obj['id']}?token={old_token}", 403)
 
 

@@ -193,7 +193,7 @@ async def test_the_inbox_token_protects_the_history(make_client: ClientFactory) 
         ({}, {}, 401, "unauthorized"),
         ({"token": "wrong"}, {}, 403, "forbidden"),
         ({"token": inbox_token(SECRET, b)}, {}, 403, "forbidden"),  # another object's token
-        ({}, {"Authorization": "Bearer wrong"}, 401, "unauthorized"),
+        ({}, {"Authorization": "Bearer wrong"}, 403, "forbidden"),
     ]
     for query, sent, status, code in cases:
         response = await client.get(path, params=query, headers=sent)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import io
 import json
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiohttp import WSServerHandshakeError
 from aiohttp.test_utils import TestClient
 
 from service import logs
@@ -128,3 +133,95 @@ def test_log_settings() -> None:
         Config.from_env(environ={"LOG_FORMAT": "xml"}, env_file=None)
     with pytest.raises(ConfigError, match="LOG_LEVEL"):
         Config.from_env(environ={"LOG_LEVEL": "loud"}, env_file=None)
+
+
+# -- no credential in any line ---------------------------------------------------------------
+
+KEY = "log-key-0123456789abcdef0123456789abcdef"
+SECRET = "log-secret-0123456789abcdef0123456789abcdef"
+
+
+@contextlib.contextmanager
+def every_log_line(log_format: str) -> Iterator[io.StringIO]:
+    """Every record of every logger, DEBUG and up, through the service's own formatter."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter() if log_format == "json" else logs.TextFormatter())
+    handler.addFilter(logs.RequestIdFilter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+async def raw_request(client: Client, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_no_credential_reaches_the_logs(make_client: Any, log_format: str) -> None:
+    """A whole session that uses a key and a token, in the header and the query, over HTTP
+    and WebSocket, refused and accepted, and malformed requests aiohttp itself refuses."""
+    with every_log_line(log_format) as stream:
+        client = await make_client(API_KEYS=KEY, INBOX_SECRET=SECRET, LOG_FORMAT=log_format)
+        key = {"Authorization": f"Bearer {KEY}"}
+        body = {"email": "bob@example.com", "phone_number": "212-555-1234"}
+        created = await (await client.post("/object", json=body, headers=key)).json()
+        token = created["inbox_token"]
+        oid = created["id"]
+        assert (await client.get(f"/object/{oid}", params={"token": token})).status == 200
+        response = await client.get(f"/object/{oid}", headers={"Authorization": f"Bearer {token}"})
+        assert response.status == 200
+        assert (await client.get(f"/object/{oid + 1}", params={"token": token})).status == 403
+        assert (await client.get(f"/object/{oid}", params={"TOKEN": token})).status == 401
+        assert (await client.get(f"/object/{oid}?%74oken={token}")).status == 200
+        async with client.ws_connect(f"/inbox/{oid}", params={"token": token, "after": "0"}) as ws:
+            response = await client.post(
+                "/alert", json={"text": "hi", "object_ids": [oid]}, headers=key
+            )
+            alert = await response.json()
+            assert (await ws.receive_json(timeout=5))["id"] == alert["id"]
+        params = {"token": token, "object_id": str(oid)}
+        assert (await client.get(f"/alert/{alert['id']}", params=params)).status == 200
+        with pytest.raises(WSServerHandshakeError):
+            await client.ws_connect(f"/inbox/{oid + 1}", params={"token": token})
+        for raw in (
+            f"GET /inbox/{oid}?token={token}\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+            f"GET /object/{oid} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\x01\r\n\r\n",
+            f"GET /object/{oid}?after=1&token={token}&x={'A' * 9000} HTTP/1.1\r\n\r\n",
+        ):
+            assert (await raw_request(client, raw.encode())).startswith(b"HTTP/1.")
+        await client.close()
+    lines = stream.getvalue()
+    assert f"/inbox/{oid}" in lines  # the session was logged, aiohttp's own errors too
+    assert "aiohttp.server" in lines
+    assert "[redacted]" in lines
+    for secret in (token, KEY, token[:16], KEY[:16]):
+        assert secret not in lines
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("GET /inbox/1?token=abc&after=2", "GET /inbox/1?token=[redacted]&after=2"),
+        ("b'GET /x?Token=abc\\x01 HTTP'", "b'GET /x?Token=[redacted]\\x01 HTTP'"),
+        ('"path": "/x?api_key=k1"', '"path": "/x?api_key=[redacted]"'),
+        ("Authorization: Bearer abc.def", "Authorization: Bearer [redacted]"),
+        ("postgresql://u:pw@h:5432/db", "postgresql://u:[redacted]@h:5432/db"),
+        ("postgresql://u@h:5432/db?x=1", "postgresql://u@h:5432/db?x=1"),
+        ("Idempotency-Key=abc after=3 monkey=x", "Idempotency-Key=abc after=3 monkey=x"),
+    ],
+)
+def test_redact(line: str, expected: str) -> None:
+    assert logs.redact(line) == expected

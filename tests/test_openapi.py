@@ -90,4 +90,47 @@ async def test_the_websocket_is_described(client: Client) -> None:
         assert f"| {code} |" in inbox["description"]
     assert "AlertFrame" in inbox["description"]
     assert "101" in inbox["responses"]
-    assert [p["name"] for p in inbox["parameters"]] == ["object_id", "after", "token"]
+    assert [p["name"] for p in inbox["parameters"]] == ["object_id", "after"]
+
+
+async def test_security_follows_what_each_route_needs(make_client: ClientFactory) -> None:
+    """The document declares the credential each route really asks for under the running
+    settings, and the walk over every route (test_access_walk) proves the server agrees."""
+    secret = "openapi-secret-0123456789abcdef0123"
+    doc = await document(await make_client(API_KEYS="k", INBOX_SECRET=secret))
+    assert set(doc["components"]["securitySchemes"]) == {
+        "apiKey",
+        "inboxToken",
+        "inboxTokenQuery",
+    }
+    assert doc["components"]["securitySchemes"]["inboxTokenQuery"]["name"] == "token"
+    paths = doc["paths"]
+    anyone: list[Any] = []
+    key = [{"apiKey": []}]
+    key_or_token = [{"apiKey": []}, {"inboxToken": []}, {"inboxTokenQuery": []}]
+    expected = {
+        ("/object", "post"): key,
+        ("/alert", "post"): key,
+        ("/metrics", "get"): key,
+        ("/object/{object_id}", "get"): key_or_token,
+        ("/inbox/{object_id}", "get"): key_or_token,
+        ("/alert/{alert_id}", "get"): key_or_token,
+        ("/healthz", "get"): anyone,
+        ("/readyz", "get"): anyone,
+        ("/openapi.json", "get"): anyone,
+        ("/", "get"): anyone,
+        ("/static/{filename}", "get"): anyone,
+    }
+    for (path, method), security in expected.items():
+        operation = paths[path][method]
+        assert operation["security"] == security, (path, method)
+        assert ("401" in operation["responses"]) == bool(security), (path, method)
+    for path, operations in paths.items():  # routes added later get a security entry too
+        for method, operation in operations.items():
+            assert "security" in operation, (path, method)
+    # Tokens only: writes are open; with nothing set, everything is.
+    doc = await document(await make_client(INBOX_SECRET=secret))
+    assert doc["paths"]["/object"]["post"]["security"] == []
+    assert doc["paths"]["/object/{object_id}"]["get"]["security"] == key_or_token[1:]
+    doc = await document(await make_client())
+    assert all(op["security"] == [] for ops in doc["paths"].values() for op in ops.values())
