@@ -77,8 +77,9 @@ async def history(request: web.Request) -> web.Response:
     )
     response = web.Response(body=body, content_type="application/json")
     if more:
-        query = request.rel_url.update_query(after=str(next_after), limit=str(limit))
-        response.headers["Link"] = f'<{query}>; rel="next"'
+        others = {k: v for k, v in request.query.items() if k not in ("after", "limit")}
+        url = request.rel_url.with_query({"after": next_after, "limit": limit, **others})
+        response.headers["Link"] = f'<{url}>; rel="next"'
     return response
 
 
