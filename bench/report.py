@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from .run import Results
+from .plan import SCENARIOS
 
-SCENARIOS = ("alert_all", "alerts", "fanout", "lock", "objects", "scaleout", "storm")
+if TYPE_CHECKING:
+    from .plan import Results
 
 COMMAND = "make bench        # or: make bench-quick; DATABASE_URL=... make bench for your server"
 
@@ -58,7 +58,7 @@ def extra(fig: dict[str, Any]) -> str:
 def markdown(results: Results, plot_name: str) -> str:
     m = results.machine
     mode = "quick (`make bench-quick`)" if results.plan.quick else "full (`make bench`)"
-    if results.plan.only != frozenset(SCENARIOS):
+    if results.plan.only != SCENARIOS:
         mode += f", only {', '.join(sorted(results.plan.only))}"
     met = sum(c["met"] for c in results.checks)
     lines = [

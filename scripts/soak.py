@@ -26,7 +26,15 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
-from harness import ROOT, Recipient, Service, expected_deliveries, service, target, wait_until
+from harness import (
+    ROOT,
+    Recipient,
+    ServerProcess,
+    expected_deliveries,
+    service,
+    target,
+    wait_until,
+)
 
 
 async def churn_socket(
@@ -58,7 +66,7 @@ async def churn_socket(
     await ws.close()
 
 
-async def run(args: argparse.Namespace, svc: Service, db_url: str) -> int:
+async def run(args: argparse.Namespace, svc: ServerProcess, db_url: str) -> int:
     rng = random.Random(args.seed)
     stats: Counter[str] = Counter()
     timeout = aiohttp.ClientTimeout(total=30)

@@ -37,14 +37,6 @@ def _exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _setting_name(config: Config) -> str:
-    return (
-        "DATABASE_URL"
-        if config.source.get("DATABASE_URL")
-        else "DB_SERVER/DB_PORT/DB_NAME/DB_USERNAME/DB_PASSWORD"
-    )
-
-
 def check_database(url: str, setting: str, timeout: float) -> None:
     """Connect once, so that a wrong URL fails here with a clear line, not deep in a stack."""
     try:
@@ -58,9 +50,8 @@ def check_database(url: str, setting: str, timeout: float) -> None:
 @contextlib.contextmanager
 def database(config: Config) -> Iterator[str]:
     """The URL to use: the configured server, or the embedded one (started here, stopped after)."""
-    if not config.embedded:
-        assert config.database_url is not None
-        check_database(config.database_url, _setting_name(config), config.db_timeout)
+    if config.database_url is not None:
+        check_database(config.database_url, config.database_url_setting, config.db_timeout)
         yield config.database_url
         return
     try:
@@ -79,11 +70,18 @@ def database(config: Config) -> Iterator[str]:
         log.info("embedded PostgreSQL stopped")
 
 
+def direct_url(config: Config, url: str) -> str:
+    """Where migrations run: LISTEN_DATABASE_URL when set (PostgreSQL itself, as LISTEN needs),
+    not a transaction pooler in front of it."""
+    return config.listen_database_url or url
+
+
 # -- commands -------------------------------------------------------------------------------
 
 
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     with database(config) as url:
+        url = direct_url(config, url)
         if args.rollback:
             done = migrate.rollback(url, args.rollback)
             print(f"rolled back: {', '.join(done) or 'nothing'}")
@@ -93,13 +91,13 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_one(config: Config, reuse_port: bool) -> None:
+def _serve_one(config: Config, database_url: str, reuse_port: bool) -> None:
     from aiohttp import web
 
     from .app import create_app
 
     web.run_app(
-        create_app(config),
+        create_app(config, database_url),
         host=config.host,
         port=config.port,
         reuse_port=reuse_port,
@@ -108,9 +106,9 @@ def _serve_one(config: Config, reuse_port: bool) -> None:
     )
 
 
-def _worker(config: Config) -> None:
+def _worker(config: Config, database_url: str) -> None:
     setup_logging(config)
-    _serve_one(config, reuse_port=True)
+    _serve_one(config, database_url, reuse_port=True)
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
@@ -125,14 +123,13 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         )
     with database(config) as url:
         if args.migrate or config.embedded:
-            migrate.apply(url)  # logs each migration it applies
-        config = config.with_database(url)
+            migrate.apply(direct_url(config, url))  # logs each migration it applies
         if workers == 1:
-            _serve_one(config, reuse_port=False)
+            _serve_one(config, url, reuse_port=False)
             return 0
         context = multiprocessing.get_context("spawn")
         processes = [
-            context.Process(target=_worker, args=(config,), name=f"inbox-worker-{i}")
+            context.Process(target=_worker, args=(config, url), name=f"inbox-worker-{i}")
             for i in range(workers)
         ]
         for process in processes:

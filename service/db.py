@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncpg
+from aiohttp import web
 from asyncpg.pool import PoolConnectionProxy
 
 from .errors import DatabaseUnavailable, NotAnAlertOfObject, NotFound
+from .keys import config_key, db_key
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,15 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InternalClientError,
 )
 
+# A named prepared statement missing on, or already on, the server connection: what a
+# transaction pooler does to asyncpg's statement cache when DB_TRANSACTION_POOLING is off.
+POOLER_SYMPTOMS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.InvalidSQLStatementNameError,
+    asyncpg.exceptions.DuplicatePreparedStatementError,
+)
+
 SERVER_SETTINGS = {"timezone": "UTC", "application_name": "inbox"}
+STATEMENT_CACHE_SIZE = 100  # asyncpg's default
 
 
 def load_queries(directory: Path = SQL_DIR) -> SimpleNamespace:
@@ -69,6 +79,14 @@ async def unavailable_as_503() -> AsyncIterator[None]:
     except CONNECTION_ERRORS as exc:
         log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
         raise DatabaseUnavailable("the database is unreachable; retry shortly") from exc
+    except POOLER_SYMPTOMS as exc:
+        log.error(
+            "%s: %s: is DATABASE_URL a transaction-pooling PgBouncer? Then set "
+            "DB_TRANSACTION_POOLING=true (see the README, Behind PgBouncer)",
+            type(exc).__name__,
+            exc,
+        )
+        raise
 
 
 async def keep_session(_conn: asyncpg.Connection) -> None:
@@ -80,7 +98,11 @@ async def keep_session(_conn: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int, timeout: float) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, timeout: float, transaction_pooling: bool = False
+) -> asyncpg.Pool:
+    """With `transaction_pooling` (DB_TRANSACTION_POOLING), asyncpg keeps no named statement:
+    behind a transaction pooler the next call may run on another server connection."""
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -89,6 +111,7 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, timeout: float)
         command_timeout=timeout,
         server_settings=SERVER_SETTINGS,
         reset=keep_session,
+        statement_cache_size=0 if transaction_pooling else STATEMENT_CACHE_SIZE,
     )
 
 
@@ -122,9 +145,16 @@ async def insert_alert(conn: Connection, text: str, object_ids: Sequence[int] | 
 class Database:
     """The queries of the service over one pool."""
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, timeout: float, transaction_pooling: bool = False
+    ) -> None:
         self.pool = pool
         self.timeout = timeout
+        # Behind a transaction pooler (PgBouncer, pool_mode=transaction), a server connection
+        # is ours only inside a transaction. asyncpg sends a query in two round trips (Parse
+        # and Describe, then Bind and Execute): outside a transaction the second may land on
+        # another server connection, which never saw the first.
+        self.transaction_pooling = transaction_pooling
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
@@ -133,6 +163,10 @@ class Database:
         For an alert that matters beyond speed: the id lock of `alerts_assign_id` is then held
         only inside the server, never across a round trip to this process.
         """
+        if self.transaction_pooling:
+            async with self.transaction() as conn:
+                yield conn
+            return
         async with unavailable_as_503(), self.pool.acquire(timeout=self.timeout) as conn:
             yield conn
 
@@ -190,8 +224,11 @@ class Database:
         backlog then takes seconds instead of milliseconds until the next ANALYZE.
         """
         async with self.connection() as conn:
-            statement = await conn.prepare(Q.inbox_page)
-            rows = await statement.fetch(object_id, after, limit)
+            if self.transaction_pooling:  # no statement cache: an unnamed one, planned afresh
+                rows = await conn.fetch(Q.inbox_page, object_id, after, limit)
+            else:
+                statement = await conn.prepare(Q.inbox_page)
+                rows = await statement.fetch(object_id, after, limit)
         return [(row["id"], row["frame"]) for row in rows]
 
     async def alert_frames(self, alert_ids: Sequence[int]) -> dict[int, bytes]:
@@ -243,3 +280,25 @@ class Database:
         if not row["is_alert_of_object"]:
             raise NotAnAlertOfObject(alert_id, object_id)
         return int(row["acked_alert_id"]), int(row["unread"])
+
+
+def pool_context(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The app's pool on `dsn` as a cleanup context: opened before the server accepts
+    connections (a wrong setting fails start-up), closed after the last request."""
+
+    async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
+        config = app[config_key]
+        pool = await create_pool(
+            dsn,
+            min_size=config.db_pool_min_size,
+            max_size=config.db_pool_max_size,
+            timeout=config.db_timeout,
+            transaction_pooling=config.db_transaction_pooling,
+        )
+        app[db_key] = Database(
+            pool, timeout=config.db_timeout, transaction_pooling=config.db_transaction_pooling
+        )
+        yield
+        await pool.close()
+
+    return pool_ctx

@@ -2,11 +2,15 @@
 
 Every error body has one shape: {"error": <code>, "message": <text>} plus "fields" for
 validation failures. `code` is stable and documented; `message` is for humans.
+
+This is the one home of the error codes: each class declares its status, its code and what it
+means to a client once; the JSON-error middleware, aiohttp's own HTTP errors (`for_status`) and
+the OpenAPI document (`documented`) read them from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 
 class ServiceError(Exception):
@@ -14,6 +18,7 @@ class ServiceError(Exception):
 
     status = 500
     code = "internal_error"
+    meaning = "an unexpected error; the service logged it"
     headers: Mapping[str, str] = {}  # e.g. WWW-Authenticate on 401
 
     def __init__(self, message: str) -> None:
@@ -27,16 +32,19 @@ class ServiceError(Exception):
 class MalformedRequest(ServiceError):
     status = 400
     code = "malformed_request"
+    meaning = "the body is not JSON or not a JSON object"
 
 
 class UnsupportedMediaType(ServiceError):
     status = 415
     code = "unsupported_media_type"
+    meaning = "the body is not application/json"
 
 
 class ValidationFailed(ServiceError):
     status = 422
     code = "validation_failed"
+    meaning = "see `fields` for each failing field's messages"
 
     def __init__(self, fields: Mapping[str, Sequence[str] | Mapping[str, object]]) -> None:
         super().__init__("the request body did not pass validation")
@@ -53,19 +61,38 @@ class NotAnAlertOfObject(ValidationFailed):
         super().__init__({"alert_id": [f"Alert {alert_id} is not an alert of object {object_id}."]})
 
 
+class MethodNotAllowed(ServiceError):
+    """Raised by aiohttp's router; declared here for its code and meaning."""
+
+    status = 405
+    code = "method_not_allowed"
+    meaning = "the route exists, the method does not"
+
+
+class PayloadTooLarge(ServiceError):
+    """Raised by aiohttp when the body is over `client_max_size`."""
+
+    status = 413
+    code = "payload_too_large"
+    meaning = "the body is over MAX_BODY_BYTES"
+
+
 class NotFound(ServiceError):
     status = 404
     code = "not_found"
+    meaning = "no such object, alert or route"
 
 
 class DatabaseUnavailable(ServiceError):
     status = 503
     code = "database_unavailable"
+    meaning = "the database cannot be reached; retry"
 
 
 class Unauthorized(ServiceError):
     status = 401
     code = "unauthorized"
+    meaning = "no credential was sent (see the route's security)"
 
     def __init__(self, message: str, *, realm: str = "inbox") -> None:
         super().__init__(message)
@@ -75,11 +102,16 @@ class Unauthorized(ServiceError):
 class Forbidden(ServiceError):
     status = 403
     code = "forbidden"
+    meaning = (
+        "the credential does not open this route (a wrong key, a wrong token, another "
+        "object's token)"
+    )
 
 
 class IdempotencyKeyReused(ServiceError):
     status = 422
     code = "idempotency_key_reused"
+    meaning = "this Idempotency-Key was used with another body"
 
 
 class TooManySocketsForObject(ServiceError):
@@ -87,6 +119,7 @@ class TooManySocketsForObject(ServiceError):
 
     status = 429
     code = "too_many_sockets"
+    meaning = "the object has WS_MAX_PER_OBJECT sockets"
 
 
 class TooManySockets(ServiceError):
@@ -94,3 +127,20 @@ class TooManySockets(ServiceError):
 
     status = 503
     code = "server_busy"
+    meaning = "the process has WS_MAX_PER_PROCESS sockets"
+
+
+def documented() -> Iterator[type[ServiceError]]:
+    """Every error class a client can receive (the 500 of the base class aside), for the
+    OpenAPI document."""
+    pending = list(ServiceError.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        pending.extend(cls.__subclasses__())
+        yield cls
+
+
+# aiohttp raises its own HTTP errors (bad request line, no route, wrong method, body too big):
+# the middleware answers them with these codes.
+_AIOHTTP_ERRORS = (MalformedRequest, NotFound, MethodNotAllowed, PayloadTooLarge)
+BY_AIOHTTP_STATUS: Mapping[int, type[ServiceError]] = {cls.status: cls for cls in _AIOHTTP_ERRORS}

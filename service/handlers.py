@@ -24,15 +24,14 @@ from .errors import (
     TooManySocketsForObject,
     UnsupportedMediaType,
 )
-from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, Session
+from .hub import Session
 from .keys import config_key, db_key, hub_key, listener_key, sockets_key
+from .wire import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_TOO_SLOW, CLOSE_TRY_AGAIN
 
 log = logging.getLogger(__name__)
 
 BACKLOG_PAGE = 1000
 CLOSE_TIMEOUT = 2.0
-CLOSE_TRY_AGAIN = 1013  # the backlog could not be read: the database is unreachable
-CLOSE_INTERNAL_ERROR = 1011
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:

@@ -20,9 +20,6 @@ from .meter import Meter
 
 log = logging.getLogger(__name__)
 
-CLOSE_TOO_SLOW = 4008
-CLOSE_GOING_AWAY = 1001
-
 Frame = tuple[int, bytes]  # (alert id, the UTF-8 JSON text of a WebSocket text frame)
 
 

@@ -1,4 +1,8 @@
-"""Every key the application stores state under."""
+"""Every key the application stores state under.
+
+A leaf: the types are imported for the type checker only, so every module may read these keys
+without this one sitting above what it types.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,16 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .config import Config
-from .db import Database
-from .hub import Hub
-from .listener import Listener
-
-if TYPE_CHECKING:  # metrics.py imports this module
+if TYPE_CHECKING:
+    from .config import Config
+    from .db import Database
+    from .hub import Hub
+    from .listener import Listener
     from .metrics import Metrics
 
-config_key = web.AppKey("config", Config)
-db_key = web.AppKey("db", Database)
-hub_key = web.AppKey("hub", Hub)
-listener_key = web.AppKey("listener", Listener)
+config_key: web.AppKey[Config] = web.AppKey("config")
+db_key: web.AppKey[Database] = web.AppKey("db")
+hub_key: web.AppKey[Hub] = web.AppKey("hub")
+listener_key: web.AppKey[Listener] = web.AppKey("listener")
 sockets_key = web.AppKey("sockets", set[web.WebSocketResponse])  # open inbox sockets
 metrics_key: web.AppKey[Metrics] = web.AppKey("metrics")  # the app's own Prometheus registry

@@ -20,14 +20,17 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import asyncpg
 import orjson
+from aiohttp import web
 
 from .db import CONNECTION_ERRORS, SERVER_SETTINGS, Database
 from .errors import DatabaseUnavailable
 from .hub import Hub
+from .keys import config_key, db_key, hub_key, listener_key
 
 log = logging.getLogger(__name__)
 
@@ -262,3 +265,31 @@ class Listener:
                 self.hub.publish(alert_id, frame, recipients)
                 self.dispatched += 1
         self.high_water = max(high_water, batch[-1].alert_id)
+
+
+def listener_context(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The app's LISTEN connection on `dsn` as a cleanup context, after the pool's: the server
+    accepts connections only once it listens and has caught up, so no inbox can connect while
+    alerts would go unheard."""
+
+    async def listener_ctx(app: web.Application) -> AsyncIterator[None]:
+        config = app[config_key]
+        listener = Listener(
+            dsn,
+            app[db_key],
+            app[hub_key],
+            timeout=config.db_timeout,
+            reconnect_max=config.listen_reconnect_max,
+            probe_interval=config.listen_probe_interval,
+        )
+        app[listener_key] = listener
+        listener.start()
+        try:
+            await listener.wait_ready(timeout=config.db_timeout * 2)
+        except TimeoutError:
+            await listener.stop()
+            raise
+        yield
+        await listener.stop()
+
+    return listener_ctx

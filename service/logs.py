@@ -30,12 +30,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .wire import STATUS_CLIENT_GONE
+
 REQUEST_ID_HEADER = "X-Request-Id"
 WORKER_HEADER = "X-Inbox-Worker"
 # Letters, digits and a little punctuation, as tracing systems generate; anything else (say,
 # a header smuggling a newline or a megabyte) is replaced rather than written to the logs.
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}")
-STATUS_CLIENT_GONE = 499  # the client went away before the answer (nginx's convention)
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None

@@ -29,13 +29,13 @@ from prometheus_client.registry import Collector
 
 from .keys import config_key, db_key, hub_key, listener_key, metrics_key, sockets_key
 from .meter import LATENCY_BUCKETS
+from .wire import STATUS_CLIENT_GONE
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 UNMATCHED = "unmatched"  # one label for every path that matches no route, to bound cardinality
-STATUS_CLIENT_GONE = 499
 
 
 class Metrics:

@@ -15,13 +15,11 @@ from aiohttp import web
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from . import __version__, schemas
+from . import __version__, errors, schemas
 from .auth import Access, access_is_on, access_of
 from .config import Config
-from .hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW
 from .keys import config_key
-
-CLOSE_TRY_AGAIN = 1013  # handlers.CLOSE_TRY_AGAIN; handlers is not imported to keep this a leaf
+from .wire import CLOSE_MEANINGS
 
 DESCRIPTION = """\
 Contacts ("objects") and alerts stored in PostgreSQL; each alert is pushed to the open inbox
@@ -33,13 +31,13 @@ shape, `Error`: `{"error": "<code>", "message": "<text>"}`, plus `fields` for
 sane one) and `X-Inbox-Worker` (the pid of the process that answered).
 """
 
-INBOX_DESCRIPTION = f"""\
+INBOX_DESCRIPTION = """\
 A WebSocket (`GET` with `Upgrade: websocket`). The server sends every alert the object already
 has with an id greater than `after`, oldest first, then each new one as it commits: one JSON
 text frame per alert, shaped as the `AlertFrame` schema, for example
 
-    {{"id": 7, "text": "Storm warning", "alert_all": false,
-     "number_of_objects_receiving_alert": 3, "created_at": "2026-11-26T01:17:44.521340+00:00"}}
+    {"id": 7, "text": "Storm warning", "alert_all": false,
+     "number_of_objects_receiving_alert": 3, "created_at": "2026-11-26T01:17:44.521340+00:00"}
 
 Each alert arrives exactly once and in id order. What the client sends is ignored; the server
 pings every `WS_HEARTBEAT` seconds and closes a peer that misses a pong.
@@ -49,11 +47,7 @@ nothing is missed):
 
 | code | meaning |
 | --- | --- |
-| {CLOSE_TOO_SLOW} | too slow: the client fell `WS_QUEUE_SIZE` frames behind |
-| {CLOSE_GOING_AWAY} | going away: the server is shutting down |
-| {CLOSE_TRY_AGAIN} | try again later: the database was unavailable while reading the backlog |
-| 1011 | internal error |
-"""
+""" + "".join(f"| {code} | {meaning} |\n" for code, meaning in CLOSE_MEANINGS.items())
 
 
 HISTORY_DESCRIPTION = """\
@@ -113,21 +107,8 @@ def _path_id(name: str, what: str) -> dict[str, Any]:
     }
 
 
-ERRORS: dict[str, tuple[int, str]] = {
-    "MalformedRequest": (400, "malformed_request: the body is not JSON or not a JSON object"),
-    "NotFound": (404, "not_found: no such object, alert or route"),
-    "MethodNotAllowed": (405, "method_not_allowed: the route exists, the method does not"),
-    "PayloadTooLarge": (413, "payload_too_large: the body is over MAX_BODY_BYTES"),
-    "UnsupportedMediaType": (415, "unsupported_media_type: the body is not application/json"),
-    "ValidationFailed": (422, "validation_failed: see `fields` for each failing field's messages"),
-    "DatabaseUnavailable": (503, "database_unavailable: the database cannot be reached; retry"),
-    "Unauthorized": (401, "unauthorized: no credential was sent (see the route's security)"),
-    "Forbidden": (
-        403,
-        "forbidden: the credential does not open this route (a wrong key, a wrong token, "
-        "another object's token)",
-    ),
-}
+# Every error class, by class name: one reusable response each, `<code>: <meaning>`.
+ERRORS: dict[str, type[errors.ServiceError]] = {cls.__name__: cls for cls in errors.documented()}
 
 SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
     "apiKey": {
@@ -190,7 +171,7 @@ IDEMPOTENCY_KEY = {
 
 
 def _errors(*names: str) -> dict[str, Any]:
-    return {str(ERRORS[name][0]): {"$ref": f"#/components/responses/{name}"} for name in names}
+    return {str(ERRORS[name].status): {"$ref": f"#/components/responses/{name}"} for name in names}
 
 
 WRITE_ERRORS = (
@@ -228,8 +209,8 @@ def build(config: Config) -> dict[str, Any]:
         ("AlertCreate", alert_create),
     ):
         spec.components.schema(name, schema=schema)
-    for name, (_status, description) in ERRORS.items():
-        spec.components.response(name, _error(description))
+    for name, cls in ERRORS.items():
+        spec.components.response(name, _error(f"{cls.code}: {cls.meaning}"))
 
     spec.path(
         path="/object",
@@ -392,18 +373,17 @@ def build(config: Config) -> dict[str, Any]:
                         "`AlertFrame` JSON text",
                         "content": {"application/json": {"schema": schemas.AlertFrame}},
                     },
-                    "400": {
-                        "description": "malformed_request: `after` is not an integer >= 0",
-                        "content": {"application/json": {"schema": schemas.Error}},
-                    },
-                    "403": _error(
-                        "forbidden: a wrong credential, or an Origin not in ALLOWED_ORIGINS"
+                    "400": _error(
+                        f"{errors.MalformedRequest.code}: `after` is not an integer >= 0"
                     ),
-                    "429": _error("too_many_sockets: the object has WS_MAX_PER_OBJECT sockets"),
-                    **_errors("NotFound"),
+                    "403": _error(
+                        f"{errors.Forbidden.code}: a wrong credential, or an Origin not in "
+                        "ALLOWED_ORIGINS"
+                    ),
+                    **_errors("TooManySocketsForObject", "NotFound"),
                     "503": _error(
-                        "database_unavailable, or server_busy: the process has "
-                        "WS_MAX_PER_PROCESS sockets"
+                        f"{errors.DatabaseUnavailable.code}, or {errors.TooManySockets.code}: "
+                        f"{errors.TooManySockets.meaning}"
                     ),
                 },
             }

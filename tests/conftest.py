@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,68 +21,34 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, settings
-from psycopg import sql
 
-from service import embedded, migrate
+import testbed
 from service.app import create_app
 from service.config import Config
 
 TABLES = "object_alerts, alerts, objects, idempotency_keys"
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     """An admin URL of the PostgreSQL server the tests run against."""
     config = Config.from_env()
-    if config.database_url is not None:
-        yield config.database_url
-        return
-    server = embedded.start(config.embedded_data_dir)
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-def create_database(server_url: str, prefix: str = "inbox_test") -> str:
-    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return with_database(server_url, name)
-
-
-def drop_database(server_url: str, url: str) -> None:
-    name = urlsplit(url).path.lstrip("/")
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    with testbed.pg_server(config.database_url, config.embedded_data_dir) as server:
+        yield server.admin_url
 
 
 @pytest.fixture(scope="session")
 def database_url(server_url: str) -> Iterator[str]:
     """This run's own database, migrated to the newest schema."""
-    url = create_database(server_url)
-    try:
-        migrate.apply(url)
+    with testbed.throwaway_database(server_url, "inbox_test") as url:
         yield url
-    finally:
-        drop_database(server_url, url)
 
 
 @pytest.fixture
 def scratch_database(server_url: str) -> Iterator[str]:
     """An empty database of its own, for tests of migrations themselves."""
-    url = create_database(server_url, prefix="inbox_scratch")
-    try:
+    with testbed.throwaway_database(server_url, "inbox_scratch", migrated=False) as url:
         yield url
-    finally:
-        drop_database(server_url, url)
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +59,26 @@ def clean_tables(request: pytest.FixtureRequest) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
         conn.execute("ALTER SEQUENCE alerts_id_seq RESTART")
+
+
+# With TEST_PGBOUNCER=host:port (a transaction-pooling PgBouncer in front of the same server, as
+# `.ci/pgbouncer start` runs one), the apps of `make_client` reach the database through it, as a
+# deployment behind PgBouncer does: DATABASE_URL through the pooler, LISTEN_DATABASE_URL
+# straight to PostgreSQL, DB_TRANSACTION_POOLING=true. The tests' own connections stay direct.
+PGBOUNCER = os.environ.get("TEST_PGBOUNCER", "")
+
+
+def through_pgbouncer(database_url: str) -> dict[str, str]:
+    """The settings that point an app at `database_url`, through TEST_PGBOUNCER when set."""
+    if not PGBOUNCER:
+        return {"DATABASE_URL": database_url}
+    parts = urlsplit(database_url)
+    user = f"{parts.username}@" if parts.username else ""
+    return {
+        "DATABASE_URL": urlunsplit(parts._replace(netloc=user + PGBOUNCER)),
+        "LISTEN_DATABASE_URL": database_url,
+        "DB_TRANSACTION_POOLING": "true",
+    }
 
 
 def make_config(database_url: str, **overrides: str) -> Config:
@@ -117,7 +102,9 @@ async def make_client(
     """A client of a fresh app, with settings overridden as keyword arguments."""
 
     async def make(**overrides: str) -> TestClient[Any, Any]:
-        return await aiohttp_client(create_app(make_config(database_url, **overrides)))
+        config = make_config(database_url, **{**through_pgbouncer(database_url), **overrides})
+        assert config.database_url is not None
+        return await aiohttp_client(create_app(config, config.database_url))
 
     return make
 

@@ -21,10 +21,10 @@ T = TypeVar("T")
 
 
 class LiveServer:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, database_url: str) -> None:
         self.config = config
         self.loop = asyncio.new_event_loop()
-        self.app = create_app(config)
+        self.app = create_app(config, database_url)
         self.runner = web.AppRunner(self.app, access_log=None)
         self.url = ""
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -57,8 +57,8 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(config: Config) -> Iterator[LiveServer]:
-    server = LiveServer(config)
+def live_server(config: Config, database_url: str) -> Iterator[LiveServer]:
+    server = LiveServer(config, database_url)
     server.start()
     try:
         yield server

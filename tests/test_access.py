@@ -184,13 +184,13 @@ async def test_open_configuration_warns_at_start_up(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="service.auth"):
-        create_app(make_config(database_url))
+        create_app(make_config(database_url), database_url)
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("API_KEYS is not set" in m for m in messages)
     assert any("INBOX_SECRET is not set" in m for m in messages)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="service.auth"):
-        create_app(make_config(database_url, API_KEYS="k", INBOX_SECRET=SECRET))
+        create_app(make_config(database_url, API_KEYS="k", INBOX_SECRET=SECRET), database_url)
     assert not caplog.records
 
 

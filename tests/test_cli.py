@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_embedded import child_env, free_port
+from testbed import child_env, free_port
 
 
 def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from service.config import SETTINGS, Config, ConfigError, env_example, settings_table
+from service.config import SETTINGS, Config, ConfigError
+from service.docs import env_example, settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,3 +96,21 @@ def test_readme_table_lists_every_setting_with_its_default() -> None:
     assert table == settings_table(), "run `make docs`"
     rows = dict(re.findall(r"^\| `([A-Z0-9_]+)` \| `?([^`|]*)`? \|", table, flags=re.MULTILINE))
     assert rows == {s.env: s.default for s in SETTINGS}
+
+
+def test_the_setting_that_supplied_the_url_is_recorded() -> None:
+    """Start-up errors name it; nothing re-reads the environment later to find out."""
+    by_url = Config.from_env(environ={"DATABASE_URL": "postgresql://a@h/db"}, env_file=None)
+    by_parts = Config.from_env(environ={"DB_SERVER": "h", "DB_NAME": "db"}, env_file=None)
+    embedded = Config.from_env(environ={}, env_file=None)
+    assert by_url.database_url_setting == "DATABASE_URL"
+    assert by_parts.database_url_setting == "DB_SERVER/DB_PORT/DB_NAME/DB_USERNAME/DB_PASSWORD"
+    assert embedded.database_url_setting == ""
+
+
+def test_every_setting_is_a_config_field_named_like_it() -> None:
+    names = {f.name for f in fields(Config)}
+    for s in SETTINGS:
+        assert s.name in names
+        assert s.env == s.name.upper()
+    assert len(SETTINGS) == len(fields(Config)) - 1  # all but database_url_setting

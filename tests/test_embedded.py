@@ -5,33 +5,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+import testbed
 from service import embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DB_"))}
-    env.update(extra)
-    return env
 
 
 def server_running(data_dir: Path) -> bool:
@@ -63,7 +48,7 @@ def test_prune_stale_handles_keeps_live_pids(tmp_path: Path) -> None:
 
 def test_initdb_works_under_a_locale_that_is_not_installed(tmp_path: Path) -> None:
     data_dir = tmp_path / "pg"
-    env = child_env(LANG="xx_XX.UTF-8", LC_ALL="xx_XX.UTF-8")
+    env = testbed.child_env(LANG="xx_XX.UTF-8", LC_ALL="xx_XX.UTF-8")
     result = subprocess.run(
         [sys.executable, "-c", START, str(data_dir), "0"],
         cwd=ROOT,
@@ -86,7 +71,7 @@ def test_a_killed_holder_does_not_keep_the_server_running(tmp_path: Path) -> Non
     holder = subprocess.Popen(
         [sys.executable, "-c", START, str(data_dir), "60"],
         cwd=ROOT,
-        env=child_env(),
+        env=testbed.child_env(),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -99,7 +84,7 @@ def test_a_killed_holder_does_not_keep_the_server_running(tmp_path: Path) -> Non
     result = subprocess.run(
         [sys.executable, "-c", START, str(data_dir), "0"],
         cwd=ROOT,
-        env=child_env(),
+        env=testbed.child_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -109,34 +94,20 @@ def test_a_killed_holder_does_not_keep_the_server_running(tmp_path: Path) -> Non
     assert not server_running(data_dir)
 
 
-def wait_healthy(port: int, proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"service exited early with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("service did not become healthy")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_the_service_and_its_embedded_server(tmp_path: Path, signum: int) -> None:
     data_dir = tmp_path / "pg"
-    port = free_port()
+    port = testbed.free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "serve"],
         cwd=tmp_path,
-        env=child_env(EMBEDDED_DATA_DIR=str(data_dir), PORT=str(port)),
+        env=testbed.child_env(EMBEDDED_DATA_DIR=str(data_dir), PORT=str(port)),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
-        wait_healthy(port, proc)
+        testbed.wait_ready(f"http://127.0.0.1:{port}/healthz", lambda: proc.poll() is None)
         assert server_running(data_dir)
         proc.send_signal(signum)
         output, _ = proc.communicate(timeout=30)

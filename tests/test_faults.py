@@ -185,7 +185,7 @@ async def test_outage_answers_503_in_bounded_time_then_recovers(
     pg, url = proxy
     timeout = 1.0
     config = make_config(url, DB_TIMEOUT=str(timeout), LISTEN_RECONNECT_MAX="0.2")
-    client = await aiohttp_client(create_app(config))
+    client = await aiohttp_client(create_app(config, url))
     obj = await create_object(client)
     watcher = Recipient(client, obj["id"])
     await eventually(lambda: len(app_of(client)[hub_key]) == 1)

@@ -29,7 +29,9 @@ MAX_BODY = 20_000  # a small MAX_BODY_BYTES, so that over-limit bodies are cheap
 
 @pytest.fixture
 def api(database_url: str) -> Iterator[LiveServer]:
-    with live_server(make_config(database_url, MAX_BODY_BYTES=str(MAX_BODY))) as server:
+    with live_server(
+        make_config(database_url, MAX_BODY_BYTES=str(MAX_BODY)), database_url
+    ) as server:
         yield server
 
 
@@ -319,7 +321,7 @@ def locked_api(database_url: str) -> Iterator[LiveServer]:
     config = make_config(
         database_url, API_KEYS="good-key", INBOX_SECRET="fuzz-secret-0123456789abcdef012345"
     )
-    with live_server(config) as server:
+    with live_server(config, database_url) as server:
         yield server
 
 

@@ -369,7 +369,7 @@ async def test_shutdown_closes_sockets_with_going_away(
 
     from .conftest import make_config
 
-    client = await aiohttp_client(create_app(make_config(database_url)))
+    client = await aiohttp_client(create_app(make_config(database_url), database_url))
     obj = await create_object(client)
     ws = await connect(client, obj["id"])
     await connected(client, obj["id"])

@@ -83,7 +83,8 @@ async def test_realtime_path_is_counted(client: Client) -> None:
     before = await scrape(client)
     assert value(before, "inbox_open_sockets") == 1
     assert value(before, "inbox_listener_ready") == 1
-    assert value(before, "inbox_pg_notification_queue_usage") == 0.0
+    # Cluster-wide: another database's slow listener may hold a page of the queue.
+    assert 0.0 <= value(before, "inbox_pg_notification_queue_usage") < 0.01
     alert = await create_alert(client, object_ids=[obj["id"]])
     msg = await ws.receive_json(timeout=5)
     assert msg["id"] == alert["id"]

@@ -7,7 +7,14 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from service.hub import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW
+from service import errors
+from service.wire import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_MEANINGS,
+    CLOSE_TOO_SLOW,
+    CLOSE_TRY_AGAIN,
+)
 
 from .conftest import ClientFactory, app_of
 
@@ -86,8 +93,8 @@ async def test_errors_have_the_standard_shape(client: Client) -> None:
 
 async def test_the_websocket_is_described(client: Client) -> None:
     inbox = (await document(client))["paths"]["/inbox/{object_id}"]["get"]
-    for code in (CLOSE_TOO_SLOW, CLOSE_GOING_AWAY, 1013):
-        assert f"| {code} |" in inbox["description"]
+    for code in (CLOSE_TOO_SLOW, CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN, CLOSE_INTERNAL_ERROR):
+        assert f"| {code} | {CLOSE_MEANINGS[code]} |" in inbox["description"]
     assert "AlertFrame" in inbox["description"]
     assert "101" in inbox["responses"]
     assert [p["name"] for p in inbox["parameters"]] == ["object_id", "after"]
@@ -134,3 +141,11 @@ async def test_security_follows_what_each_route_needs(make_client: ClientFactory
     assert doc["paths"]["/object/{object_id}"]["get"]["security"] == key_or_token[1:]
     doc = await document(await make_client())
     assert all(op["security"] == [] for ops in doc["paths"].values() for op in ops.values())
+
+
+async def test_every_error_code_is_documented_from_its_class(client: Client) -> None:
+    """The reusable responses are the error classes themselves: a new class is documented."""
+    responses = (await document(client))["components"]["responses"]
+    for cls in errors.documented():
+        assert responses[cls.__name__]["description"] == f"{cls.code}: {cls.meaning}"
+    assert {"Forbidden", "TooManySockets", "IdempotencyKeyReused"} <= set(responses)

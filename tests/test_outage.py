@@ -34,7 +34,7 @@ async def proxied_client(aiohttp_client: Any, proxy: FaultyProxy) -> Client:
     config = make_config(
         proxy.url, DB_TIMEOUT="1", LISTEN_RECONNECT_MAX="0.2", LISTEN_PROBE_INTERVAL="0.5"
     )
-    client: Client = await aiohttp_client(create_app(config))
+    client: Client = await aiohttp_client(create_app(config, proxy.url))
     return client
 
 

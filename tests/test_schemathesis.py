@@ -42,7 +42,7 @@ def check_operations(server: LiveServer) -> int:
 
 
 def test_api_conforms_to_its_openapi_document(database_url: str) -> None:
-    with live_server(make_config(database_url)) as server:
+    with live_server(make_config(database_url), database_url) as server:
         response = requests.get(f"{server.url}/openapi.json", timeout=10)
         if response.status_code != 200:
             pytest.skip(f"the app does not serve /openapi.json yet (GET -> {response.status_code})")

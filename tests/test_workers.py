@@ -9,61 +9,39 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+import testbed
 from service.logs import REQUEST_ID_HEADER, WORKER_HEADER
 
 START_TIMEOUT = 30.0
 MAX_SOCKETS = 64  # SO_REUSEPORT spreads connections by hash: enough to land on both
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def served(database_url: str, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     """The base URL of `inbox serve --workers 2`, and the file its log goes to."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DB_")}
-    env.update(DATABASE_URL=database_url, LOG_FORMAT="json", LOG_LEVEL="info")
     log_path = tmp_path / "serve.log"
-    command = ["serve", "--workers", "2", "--host", "127.0.0.1", "--port", str(port)]
+    settings = {"LOG_FORMAT": "json", "LOG_LEVEL": "info"}
     with log_path.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "service", *command),
+        server = testbed.service(
+            database_url,
+            log_file,
+            workers=2,
+            settings=settings,
             cwd=tmp_path,  # no stray .env
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
         )
-    base = f"http://127.0.0.1:{port}"
-    try:
         try:
-            await wait_until_up(base, process)
+            with server as process:
+                await wait_until_up(process.url)
+                yield process.url, log_path
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{log_path.read_text()[-4000:]}") from None
-        yield base, log_path
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 20)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise AssertionError("inbox serve did not stop on SIGTERM") from None
+    assert process.process.returncode >= 0, "inbox serve did not stop on SIGTERM"
 
 
 def fresh_connections() -> aiohttp.ClientSession:
@@ -71,14 +49,13 @@ def fresh_connections() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
 
 
-async def wait_until_up(base: str, process: asyncio.subprocess.Process) -> None:
+async def wait_until_up(base: str) -> None:
     """Until both processes have answered /readyz with 200 (each starts on its own)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT
     ready: set[str] = set()
     async with fresh_connections() as session:
         while len(ready) < 2:
-            assert process.returncode is None, "inbox serve exited at start-up"
             try:
                 async with session.get(f"{base}/readyz") as response:
                     if response.status == 200:

@@ -19,8 +19,8 @@ import pytest
 from aiohttp import WSMsgType, WSServerHandshakeError
 from aiohttp.test_utils import TestClient
 
-from service.hub import CLOSE_TOO_SLOW
 from service.keys import hub_key, sockets_key
+from service.wire import CLOSE_TOO_SLOW
 
 from .conftest import app_of, create_alert, create_object, eventually
 from .test_access import UPGRADE

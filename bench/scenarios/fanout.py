@@ -1,0 +1,191 @@
+"""3 fan-out: K inbox sockets, alerts at a steady rate to random subsets and every n-th to all;
+end-to-end latency, frames per service CPU-second against a bare aiohttp broadcast server with
+no database (the reference), and 6 the RSS each idle socket costs."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+from ..common import summarize_ms
+from ..database import last_alert_id, reset
+from ..plan import progress
+from ..procs import Server, free_port, serve
+from ..session import Bench
+
+
+async def run(bench: Bench, server: Server, workers: int) -> None:
+    ks = bench.plan.fanout_k
+    for k in sorted(ks, reverse=True):  # the largest K on a fresh process
+        fig = await measure(bench, server, workers, k, footprint=k == max(ks))
+        if k not in bench.bare_fanout:
+            progress(f"3 fan-out K={k}: bare broadcast reference ...")
+            bench.bare_fanout[k] = await bare(bench, k)
+        checks(bench, fig, bench.bare_fanout[k], k, workers)
+
+
+async def bare(bench: Bench, k: int) -> dict[str, Any]:
+    port = free_port()
+    with serve(
+        [sys.executable, "-m", "bench.broadcast", str(port)],
+        bench.service_log,
+        port,
+        "bare",
+        "/alert",
+    ) as server:
+        return await measure(bench, server, None, k, footprint=True)
+
+
+async def measure(
+    bench: Bench, server: Server, workers: int | None, k: int, footprint: bool
+) -> dict[str, Any]:
+    plan = bench.plan
+    db_url = bench.db.url
+    ids = await reset(db_url, k) if server.name == "service" else list(range(1, k + 1))
+    after = await last_alert_id(db_url) if server.name == "service" else 0
+    rss_before = server.tree.rss_bytes()
+    groups = 2 if k > 2_000 else 1
+    clients = await asyncio.gather(
+        *(
+            bench.load(
+                "clients",
+                url=server.url,
+                after=after,
+                object_ids=ids[g::groups],
+                connect_concurrency=100,
+            )
+            for g in range(groups)
+        )
+    )
+    connected = sum(c.ready["connected"] for c in clients)
+    await asyncio.sleep(1.0)  # idle: let the handshakes' garbage go
+    rss_after = server.tree.rss_bytes()
+    # Frames/s: a fifth from alert_all, the rest from subsets of `subset` recipients.
+    all_period = 5 * k / plan.fanout_frames_per_s  # seconds between alert_all posts
+    all_every = max(2, round(plan.alert_rate * all_period))
+    subset = max(1, round(0.8 * plan.fanout_frames_per_s / plan.alert_rate))
+    poster = await bench.load(
+        "poster",
+        url=server.url,
+        object_ids=ids,
+        subset=min(subset, k),
+        all_every=all_every,
+        rate=plan.alert_rate,
+        duration=plan.fanout_seconds,
+    )
+    started = time.monotonic()
+    wall = 0.0
+
+    async def delivered(posted: dict[str, Any]) -> None:
+        nonlocal wall
+        expected = sum(connected if r[2] is None else len(r[2]) for r in posted["records"])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            await asyncio.gather(*(c.send("progress") for c in clients))
+            got = sum([(await c.event("progress", 30))["frames"] for c in clients])
+            if got >= expected:
+                break
+            await asyncio.sleep(0.1)
+        wall = time.monotonic() - started
+
+    posted, cpu = await bench.measure(server, poster, watchers=clients, settle=delivered)
+    await asyncio.gather(*(c.send("stop") for c in clients))
+    outs = await asyncio.gather(*(c.finish() for c in clients))
+    await asyncio.gather(*(c.close() for c in clients))
+    records = posted["records"]
+    expected = sum(connected if r[2] is None else len(r[2]) for r in records)
+    sent_at = {r[0]: r[1] for r in records}
+    to = {r[0]: (None if r[2] is None else set(r[2])) for r in records}
+    e2e: list[float] = []
+    e2e_subsets: list[float] = []  # without the frames of alert_all bursts
+    seen: set[tuple[int, int]] = set()
+    duplicated = unexpected = 0
+    for out in outs:
+        for oid, aid, t in zip(out["object_ids"], out["alert_ids"], out["times"], strict=True):
+            if aid not in sent_at or (to[aid] is not None and oid not in to[aid]):
+                unexpected += 1
+                continue
+            if (oid, aid) in seen:
+                duplicated += 1
+                continue
+            seen.add((oid, aid))
+            e2e.append(t - sent_at[aid])
+            if to[aid] is not None:
+                e2e_subsets.append(t - sent_at[aid])
+    lost = expected - len(seen)
+    frames = len(e2e)
+    data = {
+        "throughput_rps": posted["completed"] / posted["elapsed"],
+        "frames_per_s": frames / wall,
+        **summarize_ms(e2e),
+        **cpu,
+        "lost": lost,
+        "duplicated": duplicated + unexpected + sum(o["out_of_order"] for o in outs),
+        "errors": posted["errors"] + sum(o["connect_errors"] for o in outs),
+        "first_error": posted["first_error"],
+        "sockets": connected,
+        "frames_per_service_cpu_s": frames / cpu["cpu_service_s"] if cpu["cpu_service_s"] else None,
+        "post_p50_ms": summarize_ms(posted["latencies"])["p50_ms"],
+        "subset_frames_p50_ms": summarize_ms(e2e_subsets)["p50_ms"],
+        "subset_frames_p99_ms": summarize_ms(e2e_subsets)["p99_ms"],
+        "_latencies": e2e,
+    }
+    if footprint:
+        data["rss_per_idle_socket_kib"] = (rss_after - rss_before) / max(connected, 1) / 1024
+    label = "service" if server.name == "service" else "bare aiohttp broadcast (no db)"
+    fig = bench.record(f"3 fan-out K={k}", label, workers, data)
+    progress(
+        f"3 fan-out K={k} {label} workers={workers}: {fig['frames_per_s']:.0f} frames/s "
+        f"p50={fig['p50_ms']:.1f} ms p99={fig['p99_ms']:.1f} ms lost={lost} "
+        f"dup={fig['duplicated']}"
+    )
+    await asyncio.sleep(1.0)  # the server notices the closed sockets
+    return fig
+
+
+def checks(bench: Bench, fig: dict[str, Any], bare: dict[str, Any], k: int, workers: int) -> None:
+    check = bench.results.check
+    if fig.get("frames_per_service_cpu_s") and bare.get("frames_per_service_cpu_s"):
+        ratio = fig["frames_per_service_cpu_s"] / bare["frames_per_service_cpu_s"]
+        fig["ratio_to_reference"] = round(ratio, 3)
+        check(
+            f"3 fan-out K={k}: frames per service CPU-s / bare broadcast",
+            round(ratio, 3),
+            ">= 0.8",
+            ratio >= 0.8,
+            workers,
+        )
+    if k != max(bench.plan.fanout_k):
+        return
+    check(
+        f"3 fan-out K={k}: e2e p50 at {fig['frames_per_s']:.0f} frames/s",
+        round(fig["p50_ms"], 2),
+        "<= 5 ms",
+        fig["p50_ms"] <= 5,
+        workers,
+    )
+    check(
+        f"3 fan-out K={k}: e2e p99",
+        round(fig["p99_ms"], 2),
+        "<= 50 ms",
+        fig["p99_ms"] <= 50,
+        workers,
+    )
+    check(
+        f"3 fan-out K={k}: lost + duplicated frames",
+        fig["lost"] + fig["duplicated"],
+        "== 0",
+        fig["lost"] + fig["duplicated"] == 0,
+        workers,
+    )
+    if "rss_per_idle_socket_kib" in fig:
+        rss = fig["rss_per_idle_socket_kib"]
+        check(
+            f"6 footprint: service RSS per idle socket at K={k}",
+            round(rss, 1),
+            "<= 20 KiB",
+            rss <= 20,
+            workers,
+        )
