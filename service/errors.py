@@ -57,6 +57,8 @@ class ValidationFailed(ServiceError):
 class NotAnAlertOfObject(ValidationFailed):
     """An ack names an alert that the object never received (or that does not exist)."""
 
+    meaning = "an ack's `alert_id` is not an alert of that object (`fields.alert_id`)"
+
     def __init__(self, alert_id: int, object_id: int) -> None:
         super().__init__({"alert_id": [f"Alert {alert_id} is not an alert of object {object_id}."]})
 
