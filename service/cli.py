@@ -174,7 +174,16 @@ def cmd_tail(config: Config, args: argparse.Namespace) -> int:
 
     url = args.url or f"http://{config.host}:{config.port}"
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(tail(url, args.object_id, after=args.after))
+        asyncio.run(
+            tail(
+                url,
+                args.object_id,
+                after=args.after,
+                ack=args.ack,
+                token=args.token or os.environ.get("INBOX_TOKEN") or None,
+                api_key=os.environ.get("INBOX_API_KEY") or None,
+            )
+        )
     return 0
 
 
@@ -194,6 +203,14 @@ def _at_least_one(raw: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _after(raw: str) -> int | str:
+    if raw == "acked":
+        return raw
+    if not raw.isdigit():
+        raise argparse.ArgumentTypeError("must be an alert id (an integer >= 0) or 'acked'")
+    return int(raw)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -229,7 +246,20 @@ def parser() -> argparse.ArgumentParser:
 
     tail = sub.add_parser("tail", help="print an inbox's alerts as they arrive")
     tail.add_argument("object_id", type=int, help="id of the object whose inbox to follow")
-    tail.add_argument("--after", type=int, default=0, help="start after this alert id")
+    tail.add_argument(
+        "--after",
+        type=_after,
+        default=0,
+        help="start after this alert id, or 'acked': after the object's read cursor",
+    )
+    tail.add_argument(
+        "--ack", action="store_true", help="mark each alert printed as read (POST .../ack)"
+    )
+    tail.add_argument(
+        "--token",
+        help="the object's inbox_token, needed with INBOX_SECRET (default: $INBOX_TOKEN; an API "
+        "key is read from $INBOX_API_KEY)",
+    )
     tail.add_argument("--url", help="service URL (default: http://HOST:PORT)")
     tail.set_defaults(run=cmd_tail)
     return top
