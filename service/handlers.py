@@ -15,6 +15,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from . import auth, batch, idempotency, schemas
+from .body import read_body
 from .db import Connection, Database, insert_alert, insert_object
 from .errors import (
     DatabaseUnavailable,
@@ -56,7 +57,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object, or 415/400 with the standard error body."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -71,7 +72,7 @@ def path_id(request: web.Request, name: str) -> int:
     raw = request.match_info[name]
     parsed = schemas.parse_id(raw)
     if parsed is None:
-        raise NotFound(f"no {name.removesuffix('_id')} with id {raw!r}")
+        raise NotFound(f"no {name.removesuffix('_id')} with id {raw[:32]!r}")
     return parsed
 
 
@@ -95,9 +96,8 @@ async def create_object(request: web.Request) -> web.Response:
         data = schemas.load(schemas.object_schema(config), body)
         if idempotency.request_key(request) is None:
             new = batch.NewObject(data["email"], data["phone_number"])
-            return json_response(
-                dump_object(request, await request.app[object_committer_key].submit(new))
-            )
+            row = await request.app[object_committer_key].submit(new)
+            return json_response(dump_object(request, row))
 
         async def write(conn: Connection) -> dict[str, Any]:
             row = await insert_object(conn, data["email"], data["phone_number"])
@@ -187,7 +187,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 def parse_after(request: web.Request) -> int:
     raw = request.query.get("after", "0")
-    if not raw.isascii() or not raw.isdigit() or int(raw) > schemas.MAX_ID:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) > schemas.MAX_ID:
         raise MalformedRequest("after must be the id of the last alert received (an integer >= 0)")
     return int(raw)
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .hub import Hub
     from .listener import Listener
     from .metrics import Metrics
+    from .server import Gate
 
 config_key: web.AppKey[Config] = web.AppKey("config")
 db_key: web.AppKey[Database] = web.AppKey("db")
@@ -29,3 +30,7 @@ hub_key: web.AppKey[Hub] = web.AppKey("hub")
 listener_key: web.AppKey[Listener] = web.AppKey("listener")
 sockets_key = web.AppKey("sockets", set[web.WebSocketResponse])  # open inbox sockets
 metrics_key: web.AppKey[Metrics] = web.AppKey("metrics")  # the app's own Prometheus registry
+# The connection counter of the server running the app (server.py; absent in test servers).
+gate_key: web.AppKey[Gate] = web.AppKey("gate")
+# Set by server.py on a request whose `Expect: 100-continue` it held back until a route reads.
+expects_continue_key = web.RequestKey("expects_continue", bool)

@@ -429,7 +429,7 @@ async def test_two_workers_and_hand_written_alerts_keep_commit_order(
             oid = objects[len(sockets) % 4]
             ws = await http.ws_connect(f"{base}/inbox/{oid}")
             sockets.append((oid, ws._response.headers["X-Inbox-Worker"], ws))
-        await wait_all_listening(http, base, {pid for _, pid, _ in sockets})
+        await wait_all_listening(http, base, len(sockets))
 
         async def post(n: int) -> None:
             body = {"text": f"api {n}", "object_ids": rng.sample(objects, rng.randint(1, 3))}

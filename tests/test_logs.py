@@ -225,3 +225,26 @@ async def test_no_credential_reaches_the_logs(make_client: Any, log_format: str)
 )
 def test_redact(line: str, expected: str) -> None:
     assert logs.redact(line) == expected
+
+
+async def test_a_request_the_parser_refuses_is_one_info_line(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.addFilter(logs.CLIENT_MISTAKES)  # as logs.setup() does
+    try:
+        with caplog.at_level(logging.DEBUG):
+            for raw in (
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n",
+                b"GET /healthz\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 TLS to a plain port\r\n\r\n",
+            ):
+                assert (await raw_request(client, raw)).startswith(b"HTTP/1.")
+    finally:
+        server_log.removeFilter(logs.CLIENT_MISTAKES)
+    lines = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert lines
+    assert all(r.levelno <= logging.INFO and not r.exc_info for r in lines), [
+        (r.levelname, r.getMessage()) for r in lines
+    ]
+    assert any("Invalid header value char" in r.getMessage() for r in lines)

@@ -1,0 +1,265 @@
+"""The HTTP server around the application: connection-level limits and timeouts.
+
+aiohttp's defaults suit a trusted network: a connection may sit an hour without sending a
+request (keep-alive 3,630 s), a body is inflated as it arrives whatever the route, `100
+Continue` is sent before the application has looked at the request, and nothing bounds how
+many connections a process holds. `serve` (what `inbox serve` runs) changes that:
+
+- HTTP_HEADER_TIMEOUT: a connection must send a complete request head within this many
+  seconds of opening, and of the end of its previous response (the keep-alive idle time);
+  else it is closed. This is aiohttp's keep-alive timer, which covers both waits, and so also
+  a head sent byte by byte (slowloris).
+- A body its route does not read is drained for at most LINGER seconds, as raw bytes, then the
+  connection is closed; a body a route reads is bounded by body.py (HTTP_BODY_TIMEOUT).
+- Bodies are never inflated by aiohttp (`auto_decompress` off): body.py does it, bounded, for
+  the routes that read one.
+- `Expect` is taken off the request before the application sees it, so aiohttp does not
+  answer `100 Continue` before routing and access control; body.py sends it when a route that
+  accepted the caller starts reading.
+- MAX_CONNECTIONS: every open connection is counted, whatever its state (waiting for a head,
+  in a request, an inbox socket). One more is answered 503 `server_busy` and closed at once,
+  so a flood cannot exhaust the process's file descriptors; the open-files limit is raised to
+  fit at start-up (or the bound lowered to fit it, with a WARNING).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import hdrs, web
+
+from .config import Config
+from .keys import expects_continue_key, gate_key
+
+log = logging.getLogger(__name__)
+
+LINGER = 2.0  # seconds aiohttp keeps reading, and discarding, a body its route did not read
+# Descriptors the process needs besides client connections: its pool, LISTEN, logs, files.
+RESERVED_FDS = 64
+
+RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+_BUSY_BODY = orjson.dumps(
+    {"error": "server_busy", "message": "this server has no room for another connection"}
+)
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Retry-After: 1\r\n"
+    b"Connection: close\r\n"
+    b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
+)
+
+
+def handler_settings(config: Config) -> dict[str, Any]:
+    """aiohttp request-handler settings (for AppRunner and the test server alike)."""
+    return {
+        "keepalive_timeout": config.http_header_timeout,
+        "lingering_time": LINGER,
+        "auto_decompress": False,
+    }
+
+
+# -- Expect: 100-continue ---------------------------------------------------------------------
+
+
+def hold_back_continue(handle: RequestHandler) -> RequestHandler:
+    """Hand the application the request without `Expect` (aiohttp would answer it before
+    routing); body.send_continue answers it once a route reads the body."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect is not None:
+            headers = request.headers.copy()
+            del headers[hdrs.EXPECT]
+            request = request.clone(headers=headers)
+            # Other expectations are ignored, as RFC 9110 allows.
+            request[expects_continue_key] = expect.strip().lower() == "100-continue"
+        return await handle(request)
+
+    return handler
+
+
+# -- counting and bounding connections --------------------------------------------------------
+
+
+class Gate:
+    """Counts the open connections of a server and refuses those past `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self.refused = 0
+
+    def protocols(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for `loop.create_server` around aiohttp's own."""
+
+        def make() -> asyncio.Protocol:
+            # Counted when made, not when connected: asyncio accepts a burst of connections
+            # before any of them is connected, and each must see the others.
+            if self.open >= self.limit:
+                self.refused += 1
+                return _Refused()
+            self.open += 1
+            return _Counted(self, factory())
+
+        return make
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol, unchanged, with the connection counted until it is lost."""
+
+    def __init__(self, gate: Gate, inner: asyncio.Protocol) -> None:
+        self.gate = gate
+        self.inner = inner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gate.open -= 1
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class _Refused(asyncio.Protocol):
+    """One connection too many: 503 and closed, without reading what it sends."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(BUSY)
+        transport.close()
+
+
+# -- the runner and its site ------------------------------------------------------------------
+
+
+class Runner(web.AppRunner):
+    """The application's runner with the settings above; `gate` counts its connections."""
+
+    def __init__(self, app: web.Application, config: Config, **kwargs: Any) -> None:
+        super().__init__(app, access_log=None, **handler_settings(config), **kwargs)
+        self.gate = Gate(config.max_connections)
+        app[gate_key] = self.gate  # for /metrics
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.request_handler = hold_back_continue(server.request_handler)
+        return server
+
+
+class Site(web.BaseSite):
+    """A TCP site whose connections pass through the runner's gate."""
+
+    def __init__(self, runner: Runner, host: str, port: int, *, reuse_port: bool = False) -> None:
+        super().__init__(runner, backlog=1024)
+        self.owner = runner
+        self.host, self.port, self.reuse_port = host, port, reuse_port
+
+    @property
+    def name(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self.owner.server
+        assert server is not None
+        listening = await asyncio.get_running_loop().create_server(
+            self.owner.gate.protocols(server),
+            self.host,
+            self.port,
+            backlog=self._backlog,
+            reuse_address=True,
+            reuse_port=self.reuse_port or None,
+        )
+        self._server = listening
+        if self.port == 0:  # the kernel chose one
+            self.port = listening.sockets[0].getsockname()[1]
+
+
+def fit_open_files(config: Config) -> int:
+    """Raise the open-files soft limit to fit MAX_CONNECTIONS; return the bound that fits."""
+    need = config.max_connections + config.db_pool_max_size + RESERVED_FDS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        wanted = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return config.max_connections
+    fits = max(1, soft - config.db_pool_max_size - RESERVED_FDS)
+    log.warning(
+        "MAX_CONNECTIONS=%d does not fit the open-files limit (%d): serving at most %d "
+        "connections at a time",
+        config.max_connections,
+        soft,
+        fits,
+    )
+    return fits
+
+
+async def start(
+    app: web.Application, config: Config, *, reuse_port: bool = False, handle_signals: bool = False
+) -> Site:
+    """Set the application up and listen on HOST:PORT (PORT 0: any free port)."""
+    runner = Runner(app, config, handle_signals=handle_signals)
+    runner.gate.limit = fit_open_files(config)
+    await runner.setup()
+    site = Site(runner, config.host, config.port, reuse_port=reuse_port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return site
+
+
+def serve(app: web.Application, config: Config, *, reuse_port: bool = False) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down as aiohttp's run_app does: the runner's
+    cleanup first, while connections are still alive (inbox sockets get 1001), then whatever
+    tasks are left."""
+
+    async def main() -> None:
+        site = await start(app, config, reuse_port=reuse_port, handle_signals=True)
+        log.info("serving on %s", site.name)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await site.owner.cleanup()
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    task = loop.create_task(main())
+    try:
+        loop.run_until_complete(task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(task)
+        left = asyncio.all_tasks(loop)
+        for other in left:
+            other.cancel()
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        asyncio.set_event_loop(None)
+        loop.close()
