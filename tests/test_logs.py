@@ -227,6 +227,15 @@ def test_redact(line: str, expected: str) -> None:
     assert logs.redact(line) == expected
 
 
+def test_json_lines_redact_nested_fields() -> None:
+    rec = record("sent", request={"url": "/inbox/1?token=abc&after=2", "auth": ["Bearer k1"]})
+    entry = json.loads(logs.JsonFormatter().format(rec))
+    assert entry["request"] == {
+        "url": "/inbox/1?token=[redacted]&after=2",
+        "auth": ["Bearer [redacted]"],
+    }
+
+
 async def test_a_request_the_parser_refuses_is_one_info_line(
     client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
