@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import auth, console, errors, handlers, logs, metrics, openapi
+from . import auth, console, errors, handlers, history, logs, metrics, openapi
 from .config import Config
 from .db import pool_context
 from .errors import ServiceError
@@ -67,6 +67,8 @@ def internal_error() -> web.Response:
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/object", handlers.create_object)
     app.router.add_get("/object/{object_id}", handlers.get_object)
+    app.router.add_get("/object/{object_id}/alerts", history.history)
+    app.router.add_post("/object/{object_id}/ack", history.ack)
     app.router.add_post("/alert", handlers.create_alert)
     app.router.add_get("/alert/{alert_id}", handlers.get_alert)
     app.router.add_get("/inbox/{object_id}", handlers.inbox)
@@ -99,5 +101,7 @@ def create_app(config: Config, database_url: str) -> web.Application:
     setup_routes(app)
     app.cleanup_ctx.append(pool_context(database_url))
     app.cleanup_ctx.append(listener_context(config.listen_database_url or database_url))
+    if app[metrics_key].multiprocess:
+        app.cleanup_ctx.append(metrics.sync_context)
     app.on_shutdown.append(handlers.close_all_inboxes)
     return app

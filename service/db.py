@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncpg
 from aiohttp import web
 from asyncpg.pool import PoolConnectionProxy
 
-from .errors import DatabaseUnavailable
+from .errors import DatabaseUnavailable, NotAnAlertOfObject, NotFound
 from .keys import config_key, db_key
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,14 @@ def load_queries(directory: Path = SQL_DIR) -> SimpleNamespace:
 Q = load_queries()
 
 Row = dict[str, Any]
+
+
+class ReadState(NamedTuple):
+    """Where an object's read cursor stands, and how many of its alerts are after it."""
+
+    object_id: int
+    acked_alert_id: int
+    unread: int
 
 
 @asynccontextmanager
@@ -235,12 +243,43 @@ class Database:
 
     async def catch_up(
         self, after: int, object_ids: Sequence[int]
-    ) -> tuple[int, list[tuple[int, bytes, list[int]]]]:
-        """The newest alert id, and every alert after `after` for `object_ids`, in one snapshot."""
+    ) -> tuple[int, list[tuple[int, bytes, list[int]]], list[ReadState]]:
+        """The newest alert id, every alert after `after` for `object_ids`, and the read state
+        of those of `object_ids` whose cursor ever moved, all in one snapshot (so each unread
+        count covers exactly the alerts up to the newest id)."""
         async with self.transaction(isolation="repeatable_read", readonly=True) as conn:
             last = await conn.fetchval(Q.last_alert_id)
             rows = await conn.fetch(Q.catch_up, after, object_ids) if object_ids else []
-        return last, [(row["id"], row["frame"], row["object_ids"]) for row in rows]
+            reads = await conn.fetch(Q.read_states, object_ids) if object_ids else []
+        return (
+            last,
+            [(row["id"], row["frame"], row["object_ids"]) for row in rows],
+            [ReadState(r["object_id"], r["acked_alert_id"], r["unread"]) for r in reads],
+        )
+
+    # -- history and the read cursor --------------------------------------------------------
+
+    async def read_cursor(self, object_id: int) -> int | None:
+        """The object's read cursor (0: nothing read yet), or None when it does not exist."""
+        async with self.connection() as conn:
+            value = await conn.fetchval(Q.read_cursor, object_id)
+        return None if value is None else int(value)
+
+    async def ack(self, object_id: int, alert_id: int) -> tuple[int, int]:
+        """Move the object's read cursor up to `alert_id` (never back): (cursor, unread).
+
+        Raises NotFound for an unknown object and NotAnAlertOfObject when `alert_id` is not
+        one of its alerts. When the cursor moves, the database notifies every listening
+        process at COMMIT (migration 0004).
+        """
+        async with self.connection() as conn:
+            row = await conn.fetchrow(Q.ack, object_id, alert_id)
+        assert row is not None
+        if not row["object_exists"]:
+            raise NotFound(f"no object with id {object_id}")
+        if not row["is_alert_of_object"]:
+            raise NotAnAlertOfObject(alert_id, object_id)
+        return int(row["acked_alert_id"]), int(row["unread"])
 
 
 def pool_context(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -73,6 +73,15 @@ class ValidationFailed(ServiceError):
         return {**super().body(), "fields": self.fields}
 
 
+class NotAnAlertOfObject(ValidationFailed):
+    """An ack names an alert that the object never received (or that does not exist)."""
+
+    meaning = "an ack's `alert_id` is not an alert of that object (`fields.alert_id`)"
+
+    def __init__(self, alert_id: int, object_id: int) -> None:
+        super().__init__({"alert_id": [f"Alert {alert_id} is not an alert of object {object_id}."]})
+
+
 class MethodNotAllowed(ServiceError):
     """Raised by aiohttp's router; declared here for its code and meaning."""
 

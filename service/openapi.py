@@ -50,6 +50,36 @@ nothing is missed):
 """ + "".join(f"| {code} | {meaning} |\n" for code, meaning in CLOSE_MEANINGS.items())
 
 
+HISTORY_DESCRIPTION = """\
+The object's alerts with an id greater than `after`, oldest first, at most `limit` of them.
+Each item of `alerts` is the very frame the inbox socket sends (`AlertFrame`), so following
+`next_after` from `after=0` until `has_more` is false yields exactly the alerts a socket opened
+with `?after=0` receives as its backlog, in the same order, each once. `next_after` is also the
+`after` to poll with later: ids follow commit order, so nothing committed later is skipped.
+"""
+
+ACK_DESCRIPTION = """\
+Moves the object's read cursor (`acked_alert_id`) up to `alert_id`, an alert of this object.
+The cursor only moves forward: a lower `alert_id` is accepted and changes nothing, and acks
+racing each other end at the highest. When it moves, every open inbox of the object, on every
+process, receives `{"acked_alert_id": N, "unread": M}` (`AckFrame`; SSE `event: ack`). The
+answer is the cursor as it stands and the alerts after it (`unread`).
+"""
+
+AFTER_PARAMETER = {
+    "name": "after",
+    "in": "query",
+    "required": False,
+    "description": "id of the last alert already seen, or `acked`: after the read cursor",
+    "schema": {
+        "oneOf": [
+            {"type": "integer", "minimum": 0, "default": 0},
+            {"type": "string", "enum": ["acked"]},
+        ]
+    },
+}
+
+
 def _error(description: str) -> dict[str, Any]:
     return _json(description, schemas.Error)
 
@@ -180,6 +210,10 @@ def build(config: Config) -> dict[str, Any]:
         ("Object", schemas.ObjectOut),
         ("Alert", schemas.AlertOut),
         ("AlertFrame", schemas.AlertFrame),
+        ("HistoryPage", schemas.HistoryPage),
+        ("AckCreate", schemas.ACK_SCHEMA),
+        ("AckOut", schemas.AckOut),
+        ("AckFrame", schemas.AckFrame),
         ("Health", schemas.Health),
         ("Ready", schemas.Ready),
         ("ObjectCreate", object_create),
@@ -214,6 +248,72 @@ def build(config: Config) -> dict[str, Any]:
                 "responses": {
                     "200": _json("the object", schemas.ObjectOut),
                     **_errors("NotFound", "DatabaseUnavailable"),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/object/{object_id}/alerts",
+        operations={
+            "get": {
+                "summary": "Read an object's alerts, oldest first, a page at a time",
+                "description": HISTORY_DESCRIPTION,
+                "parameters": [
+                    _path_id("object_id", "object"),
+                    AFTER_PARAMETER,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "most alerts on the page",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                            "default": 100,
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        **_json("one page", schemas.HistoryPage),
+                        "headers": {
+                            "Link": {
+                                "description": '`<...?after=N&limit=L>; rel="next"` when a '
+                                "next page exists",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                    },
+                    "400": _error(
+                        "malformed_request: `after` or `limit` is malformed or out of range"
+                    ),
+                    **_errors("NotFound", "DatabaseUnavailable"),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/object/{object_id}/ack",
+        operations={
+            "post": {
+                "summary": "Mark every alert of the object up to `alert_id` as read",
+                "description": ACK_DESCRIPTION,
+                "parameters": [_path_id("object_id", "object")],
+                "requestBody": _body(schemas.ACK_SCHEMA),
+                "responses": {
+                    "200": _json("the read cursor as it stands now", schemas.AckOut),
+                    **_errors(
+                        "MalformedRequest",
+                        "NotFound",
+                        "PayloadTooLarge",
+                        "UnsupportedMediaType",
+                        "DatabaseUnavailable",
+                    ),
+                    "422": _error(
+                        "validation_failed: `alert_id` is missing, not an id, or not an alert "
+                        "of this object (`fields.alert_id` says which)"
+                    ),
                 },
             }
         },

@@ -151,6 +151,23 @@ class AlertCreate(Schema):
         return data
 
 
+class AckCreate(Schema):
+    """POST /object/{id}/ack: the id of the newest alert read."""
+
+    class Meta:
+        unknown = RAISE
+
+    alert_id = fields.Integer(
+        strict=True,
+        required=True,
+        validate=validate.Range(min=1, max=MAX_ID, error="Must be an id between 1 and 2^63-1."),
+        metadata={"description": "an alert of this object; every alert up to it is read"},
+    )
+
+
+ACK_SCHEMA = AckCreate()
+
+
 @functools.cache
 def object_schema(config: Config) -> ObjectCreate:
     """One schema instance per configuration: building one per request is wasted work."""
@@ -218,6 +235,9 @@ def dump_object(row: Mapping[str, Any]) -> dict[str, Any]:
         "email": row["email"],
         "phone_number": row["phone_number"],
         "created_at": timestamp(row["created_at"]),
+        # Absent from a row just inserted: a new object has read nothing and has nothing to read.
+        "acked_alert_id": row.get("acked_alert_id", 0),
+        "unread": row.get("unread", 0),
     }
 
 
@@ -242,6 +262,13 @@ class ObjectOut(Schema):
     email = fields.String(required=True, metadata={"description": "normalised by email-validator"})
     phone_number = fields.String(required=True, metadata={"description": "E.164"})
     created_at = fields.DateTime(required=True)
+    acked_alert_id = fields.Integer(
+        required=True,
+        metadata={"description": "the read cursor: every alert up to this id is read (0: none)"},
+    )
+    unread = fields.Integer(
+        required=True, metadata={"description": "alerts of the object after the read cursor"}
+    )
     inbox_token = fields.String(
         metadata={
             "description": "opens /inbox/{id}?token=; present when INBOX_SECRET is set (and, "
@@ -288,3 +315,41 @@ class Health(Schema):
 class Ready(Schema):
     status = fields.String(required=True, metadata={"description": "ready or unavailable"})
     reasons = fields.List(fields.String(), metadata={"description": "why it is not ready"})
+
+
+class HistoryPage(Schema):
+    """GET /object/{id}/alerts: one page of an object's alerts, oldest first."""
+
+    alerts = fields.List(
+        fields.Nested(AlertFrame),
+        required=True,
+        metadata={"description": "the same frames, byte for byte, as the inbox socket sends"},
+    )
+    next_after = fields.Integer(
+        required=True,
+        metadata={
+            "description": "the `after` of the next page: the last id on this one (or this "
+            "page's `after` when it is empty); poll with it later for what is new"
+        },
+    )
+    has_more = fields.Boolean(
+        required=True,
+        metadata={"description": "true when a next page exists now (then `Link: rel=next`)"},
+    )
+
+
+class AckOut(Schema):
+    """The read cursor after an ack; also what open inboxes are told (without object_id)."""
+
+    object_id = fields.Integer(required=True)
+    acked_alert_id = fields.Integer(
+        required=True, metadata={"description": "the cursor as it stands (never lower than before)"}
+    )
+    unread = fields.Integer(required=True, metadata={"description": "alerts after the cursor"})
+
+
+class AckFrame(Schema):
+    """Sent to every open inbox of an object when its read cursor moves (SSE: `event: ack`)."""
+
+    acked_alert_id = fields.Integer(required=True)
+    unread = fields.Integer(required=True)

@@ -15,6 +15,7 @@ from service import idempotency, migrate
 from service.keys import db_key
 
 from .conftest import app_of, create_object, failing_object_alerts
+from .test_migrations import all_migrations
 
 Client = TestClient[Any, Any]
 ALERT_LOCK = 452823510904  # the advisory lock every alert insert takes (migration 0002)
@@ -246,7 +247,9 @@ def test_migration_0003_rolls_back_and_reapplies(scratch_database: str) -> None:
 
     migrate.apply(scratch_database)
     assert exists()
-    assert migrate.rollback(scratch_database, 1) == ["0003.idempotency"]
+    # 0003 and every migration after it, newest first
+    newest_first = sorted((m for m in all_migrations() if m >= "0003"), reverse=True)
+    assert migrate.rollback(scratch_database, len(newest_first)) == newest_first
     assert not exists()
-    assert migrate.apply(scratch_database) == ["0003.idempotency"]
+    assert migrate.apply(scratch_database) == newest_first[::-1]
     assert exists()
