@@ -78,9 +78,17 @@ def hold_back_continue(handle: RequestHandler) -> RequestHandler:
         if expect is not None:
             headers = request.headers.copy()
             del headers[hdrs.EXPECT]
-            request = request.clone(headers=headers)
+            clone = request.clone(headers=headers)
             # Other expectations are ignored, as RFC 9110 allows.
-            request[expects_continue_key] = expect.strip().lower() == "100-continue"
+            clone[expects_continue_key] = expect.strip().lower() == "100-continue"
+            response = await handle(clone)
+            if not response.prepared:
+                # Prepared here, with the request the application routed: aiohttp would
+                # prepare it with the original, which has no route, and the application's
+                # on_response_prepare (X-Inbox-Worker, X-Request-Id) would not run.
+                with contextlib.suppress(ConnectionError):  # aiohttp finds that out itself
+                    await response.prepare(clone)
+            return response
         return await handle(request)
 
     return handler
