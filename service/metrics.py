@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 UNMATCHED = "unmatched"  # one label for every path that matches no route, to bound cardinality
+UNPARSED_METHOD = "UNKNOWN"  # the method label of a request the HTTP parser could not read
 # prometheus_client reads it when it is first imported: `inbox serve --workers W` sets it in
 # the parent before the workers start (cli.py).
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -181,6 +182,11 @@ class Metrics:
         if gate is not None:  # counted by the server `inbox serve` runs (server.py)
             self.open_connections.set(gate.open)
             self._add(self.connections_refused, "connections_refused", gate.refused)
+            # Requests its parser refused never reach the middleware: counted as answers to
+            # no route, with aiohttp's placeholder for the method it could not read.
+            for status, count in gate.unparsed.items():
+                answers = self.requests.labels(UNMATCHED, UNPARSED_METHOD, str(status))
+                self._add(answers, f"unparsed {status}", count)
         admission = app.get(admission_key)
         if admission is not None:
             self.writes_in_flight.set(admission.in_flight)
