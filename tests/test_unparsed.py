@@ -14,6 +14,8 @@ import pytest
 from aiohttp import web, web_protocol
 
 from service import logs, server
+from service.config import Config
+from service.errors import ServiceError
 
 from .served import Serve, serve
 
@@ -184,6 +186,33 @@ async def test_after_a_good_request_the_refusal_still_closes_in_json(serve: Serv
     finally:
         writer.close()
     assert_json_refusal(answer, "Invalid header value char")
+
+
+async def test_a_failure_that_escapes_the_application_is_json_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The service's middleware answers its own failures; one that escaped an application
+    (here a bare one) would get aiohttp's plain-text 500: it is JSON, and still an ERROR."""
+
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError("a bug")
+
+    app = web.Application()
+    app.router.add_get("/", broken)
+    config = Config.from_env(environ={"HOST": "127.0.0.1", "PORT": "0"}, env_file=None)
+    site = await server.start(app, config)
+    try:
+        answer = await exchange(site, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    finally:
+        await site.owner.cleanup()
+    status, headers, body = split(answer)
+    assert status == "HTTP/1.1 500 Internal Server Error", answer
+    assert headers["content-type"].startswith("application/json")
+    assert headers["connection"] == "close"
+    assert headers["x-inbox-worker"] == str(os.getpid())
+    assert orjson.loads(body) == {"error": ServiceError.code, "message": ServiceError.meaning}
+    (logged,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert logged.exc_info  # a bug, with its traceback
 
 
 # -- the aiohttp internals server.py relies on (a newer aiohttp within the pinned range must
