@@ -161,7 +161,8 @@ class Database:
         """For one statement, which is its own transaction: no BEGIN/COMMIT round trips.
 
         For an alert that matters beyond speed: the id lock of `alerts_assign_id` is then held
-        only inside the server, never across a round trip to this process.
+        only inside the server, never across a round trip to this process. Behind a transaction
+        pooler (DB_TRANSACTION_POOLING) it is an explicit transaction all the same.
         """
         if self.transaction_pooling:
             async with self.transaction() as conn:
