@@ -3,7 +3,8 @@
 Handlers pass plain, validated values in; rows come back as dicts. Every call runs inside a
 transaction on a pooled connection: a call of one statement in that statement's own (implicit)
 transaction, one round trip in all; a call of several in an explicit one. A lost or
-unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver exception.
+unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver exception; a
+pool whose connections are all busy past DB_TIMEOUT, while the server answers, as `ServerBusy`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import asyncpg
 from aiohttp import web
 from asyncpg.pool import PoolConnectionProxy
 
-from .errors import DatabaseUnavailable, NotAnAlertOfObject, NotFound
+from .errors import DatabaseUnavailable, NotAnAlertOfObject, NotFound, ServerBusy
 from .keys import config_key, db_key
 
 log = logging.getLogger(__name__)
@@ -168,18 +169,41 @@ class Database:
             async with self.transaction() as conn:
                 yield conn
             return
-        async with unavailable_as_503(), self.pool.acquire(timeout=self.timeout) as conn:
-            yield conn
+        async with unavailable_as_503():
+            conn = await self._acquire()
+            try:
+                yield conn
+            finally:
+                await self.pool.release(conn)
 
     @asynccontextmanager
     async def transaction(self, **options: Any) -> AsyncIterator[Connection]:
         """Several statements in one explicit transaction (`options` as asyncpg's)."""
-        async with (
-            unavailable_as_503(),
-            self.pool.acquire(timeout=self.timeout) as conn,
-            conn.transaction(**options),
-        ):
-            yield conn
+        async with unavailable_as_503():
+            conn = await self._acquire()
+            try:
+                async with conn.transaction(**options):
+                    yield conn
+            finally:
+                await self.pool.release(conn)
+
+    async def _acquire(self) -> Connection:
+        """A pooled connection; waiting too long for one the pool has is `ServerBusy`.
+
+        A timeout while every connection is open and in use means this process has more work
+        than connections, not that the database is down: that is `server_busy`. A timeout with
+        room in the pool was spent opening a connection: the database is unreachable.
+        """
+        try:
+            conn: Connection = await self.pool.acquire(timeout=self.timeout)
+        except TimeoutError:
+            pool = self.pool
+            if pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0:
+                raise ServerBusy(
+                    f"no database connection came free in {self.timeout:g} s; retry shortly"
+                ) from None
+            raise
+        return conn
 
     async def ping(self) -> None:
         async with self.connection() as conn:
@@ -202,6 +226,27 @@ class Database:
         async with self.connection() as conn:
             row = await conn.fetchrow(Q.get_alert, alert_id)
         return dict(row) if row else None
+
+    async def insert_objects(
+        self, emails: Sequence[str], phone_numbers: Sequence[str]
+    ) -> list[Row]:
+        """Store a batch of objects in one statement (one transaction); rows in input order."""
+        async with self.connection() as conn:
+            rows = await conn.fetch(Q.insert_objects, emails, phone_numbers)
+        return [dict(row) for row in rows]
+
+    async def insert_alerts(
+        self, texts: Sequence[str], object_ids: Sequence[Sequence[int]]
+    ) -> list[Row]:
+        """Store a batch of alerts in one statement (one transaction); rows in input order.
+
+        Alert n goes to the existing ids among `object_ids[n]` (see service/batch.py).
+        """
+        owners = [n for n, ids in enumerate(object_ids, start=1) for _ in ids]
+        wanted = [object_id for ids in object_ids for object_id in ids]
+        async with self.connection() as conn:
+            rows = await conn.fetch(Q.insert_alerts_to_ids, texts, owners, wanted)
+        return [dict(row) for row in rows]
 
     async def get_alert_for_object(self, alert_id: int, object_id: int) -> Row | None:
         """The alert as one recipient sees it (no other recipients), or None when it is not

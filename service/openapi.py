@@ -90,6 +90,23 @@ WRITE_ERRORS = (
 )
 
 
+def _write_errors() -> dict[str, Any]:
+    """The POSTs' errors; their 503 is either of two codes (one response per status)."""
+    busy, down = errors.ServerBusy, errors.DatabaseUnavailable
+    return {
+        **_errors(*WRITE_ERRORS),
+        "503": {
+            **_error(f"{down.code}: {down.meaning}; or {busy.code}: {busy.meaning}"),
+            "headers": {
+                "Retry-After": {
+                    "description": f"with {busy.code}: seconds to wait before retrying",
+                    "schema": {"type": "integer"},
+                }
+            },
+        },
+    }
+
+
 @functools.lru_cache(maxsize=8)
 def build(config: Config) -> dict[str, Any]:
     """The document for an application running with `config`."""
@@ -130,7 +147,7 @@ def build(config: Config) -> dict[str, Any]:
                 "requestBody": _body(object_create),
                 "responses": {
                     "200": _json("the object as stored", schemas.ObjectOut),
-                    **_errors(*WRITE_ERRORS),
+                    **_write_errors(),
                 },
             }
         },
@@ -228,7 +245,7 @@ def build(config: Config) -> dict[str, Any]:
                     "200": _json(
                         "the alert as stored, with its recipients counted", schemas.AlertOut
                     ),
-                    **_errors(*WRITE_ERRORS),
+                    **_write_errors(),
                 },
             }
         },
