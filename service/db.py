@@ -5,8 +5,8 @@ runs inside a transaction on a pooled connection: a call of one statement in tha
 own (implicit) transaction, one round trip in all; a call of several in an explicit one. One
 style for reads and writes: a `Database` method takes its own connection; a call that may
 share the caller's transaction (a single write, the idempotency claim around it) is a function
-of the connection the caller holds. No SQL is run outside this module's calls. A lost or
-unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver exception; a
+of the connection the caller holds. The tables are read and written only through these
+calls. A lost or unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver exception; a
 pool whose connections are all busy past DB_TIMEOUT, while the server answers, as `ServerBusy`.
 """
 
