@@ -6,8 +6,9 @@ own (implicit) transaction, one round trip in all; a call of several in an expli
 style for reads and writes: a `Database` method takes its own connection; a call that may
 share the caller's transaction (a single write, the idempotency claim around it) is a function
 of the connection the caller holds. The tables are read and written only through these
-calls. A lost or unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver exception; a
-pool whose connections are all busy past DB_TIMEOUT, while the server answers, as `ServerBusy`.
+calls. A lost or unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver
+exception; a pool whose connections are all busy past DB_TIMEOUT, while the server answers, as
+`ServerBusy`.
 """
 
 from __future__ import annotations
