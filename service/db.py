@@ -1,10 +1,14 @@
 """The database layer: the connection pool, the SQL in `sql/`, and one typed call per query.
 
-Handlers pass plain, validated values in; rows come back as dicts. Every call runs inside a
-transaction on a pooled connection: a call of one statement in that statement's own (implicit)
-transaction, one round trip in all; a call of several in an explicit one. A lost or
-unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver exception; a
-pool whose connections are all busy past DB_TIMEOUT, while the server answers, as `ServerBusy`.
+Handlers pass plain, validated values in; rows come back as dicts or typed tuples. Every call
+runs inside a transaction on a pooled connection: a call of one statement in that statement's
+own (implicit) transaction, one round trip in all; a call of several in an explicit one. One
+style for reads and writes: a `Database` method takes its own connection; a call that may
+share the caller's transaction (a single write, the idempotency claim around it) is a function
+of the connection the caller holds. The tables are read and written only through these
+calls. A lost or unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver
+exception; a pool whose connections are all busy past DB_TIMEOUT, while the server answers, as
+`ServerBusy`.
 """
 
 from __future__ import annotations
@@ -122,9 +126,10 @@ else:
     Connection = PoolConnectionProxy
 
 
-# The writes, on a connection the caller holds: alone they are one statement in its own
-# transaction (Database.connection); idempotency.py adds its own statements around them in an
-# explicit one.
+# Calls on a connection the caller holds, for statements that may share its transaction: the
+# single writes (alone, one statement in its own transaction: Database.connection) and the
+# idempotency claim, lookup and stored response around them (idempotency.py, in an explicit
+# one). Every other call is a Database method that takes its own connection.
 
 
 async def insert_object(conn: Connection, email: str, phone_number: str) -> Row:
@@ -141,6 +146,37 @@ async def insert_alert(conn: Connection, text: str, object_ids: Sequence[int] | 
         row = await conn.fetchrow(Q.insert_alert_to_ids, text, object_ids)
     assert row is not None
     return dict(row)
+
+
+class StoredResponse(NamedTuple):
+    """An idempotency key's row: what the claiming request hashed to, and its answer (None
+    until the claiming transaction stores it)."""
+
+    request_hash: bytes
+    status: int | None
+    response: str | None
+
+
+async def claim_idempotency_key(
+    conn: Connection, key: str, route: str, request_hash: bytes, ttl: int
+) -> bool:
+    """Claim `key` on `route` (or re-claim it once older than `ttl` s); False: it is live and
+    answered. Waits while another transaction holds a claim on it."""
+    return bool(await conn.fetchval(Q.claim_idempotency_key, key, route, request_hash, ttl))
+
+
+async def get_idempotency_key(conn: Connection, key: str, route: str) -> StoredResponse | None:
+    row = await conn.fetchrow(Q.get_idempotency_key, key, route)
+    if row is None:
+        return None
+    return StoredResponse(bytes(row["request_hash"]), row["status"], row["response"])
+
+
+async def store_idempotent_response(
+    conn: Connection, key: str, route: str, status: int, response: str
+) -> None:
+    """The answer to replay, stored before the claiming transaction commits."""
+    await conn.execute(Q.store_idempotent_response, key, route, status, response)
 
 
 class Database:
@@ -162,7 +198,8 @@ class Database:
         """For one statement, which is its own transaction: no BEGIN/COMMIT round trips.
 
         For an alert that matters beyond speed: the id lock of `alerts_assign_id` is then held
-        only inside the server, never across a round trip to this process.
+        only inside the server, never across a round trip to this process. Behind a transaction
+        pooler (DB_TRANSACTION_POOLING) it is an explicit transaction all the same.
         """
         if self.transaction_pooling:
             async with self.transaction() as conn:
@@ -253,6 +290,11 @@ class Database:
         async with self.connection() as conn:
             row = await conn.fetchrow(Q.get_alert_for_object, alert_id, object_id)
         return dict(row) if row else None
+
+    async def purge_idempotency_keys(self, ttl: int) -> None:
+        """Forget keys older than `ttl` s (already ignored; this only reclaims space)."""
+        async with self.connection() as conn:
+            await conn.execute(Q.purge_idempotency_keys, ttl)
 
     async def notification_queue_usage(self) -> float:
         """The fraction of the server's NOTIFY queue in use (read by /metrics)."""

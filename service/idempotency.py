@@ -28,7 +28,13 @@ import orjson
 from aiohttp import web
 
 from . import auth
-from .db import Connection, Database, Q
+from .db import (
+    Connection,
+    Database,
+    claim_idempotency_key,
+    get_idempotency_key,
+    store_idempotent_response,
+)
 from .errors import IdempotencyKeyReused, MalformedRequest
 from .keys import config_key
 
@@ -94,21 +100,21 @@ async def respond_once(
     digest = request_hash(data)
     async with db.transaction() as conn:
         # Waits here while another transaction holds a claim on the same key.
-        claimed = await conn.fetchval(Q.claim_idempotency_key, key, route, digest, ttl)
-        if not claimed:
-            stored = await conn.fetchrow(Q.get_idempotency_key, key, route)
+        if not await claim_idempotency_key(conn, key, route, digest, ttl):
+            stored = await get_idempotency_key(conn, key, route)
             # The claim is live and committed (a rolled-back claim would have been taken over).
             assert stored is not None
-            assert stored["status"] is not None
-            if bytes(stored["request_hash"]) != digest:
+            assert stored.status is not None
+            assert stored.response is not None
+            if stored.request_hash != digest:
                 raise IdempotencyKeyReused(
                     f"{HEADER} {key!r} was used for a different request body; use a new key"
                 )
-            response = _response(stored["response"], stored["status"])
+            response = _response(stored.response, stored.status)
             response.headers[REPLAYED_HEADER] = "true"
             return response
         payload = orjson.dumps(await write(conn))
-        await conn.execute(Q.store_idempotent_response, key, route, 200, payload.decode())
+        await store_idempotent_response(conn, key, route, 200, payload.decode())
     if random.random() < PURGE_PROBABILITY:
         await purge(db, ttl)
     return _response(payload)
@@ -117,7 +123,6 @@ async def respond_once(
 async def purge(db: Database, ttl: int) -> None:
     """Delete expired keys; best effort, the request it rides on has already succeeded."""
     try:
-        async with db.transaction() as conn:
-            await conn.execute(Q.purge_idempotency_keys, ttl)
+        await db.purge_idempotency_keys(ttl)
     except Exception as exc:  # never fail a committed request over housekeeping
         log.warning("purging idempotency keys failed: %s: %s", type(exc).__name__, exc)
