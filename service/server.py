@@ -26,7 +26,8 @@ many connections a process holds. `serve` (what `inbox serve` runs) changes that
   quotes the offending bytes (a token in the request line included), and logs it at ERROR
   with a traceback. `Protocol` answers it with the JSON error body instead, echoing nothing
   the client sent, logs one INFO line (DEBUG for a bad method: scanners, TLS on this port),
-  and counts it on the gate for /metrics.
+  and counts it on the gate for /metrics. A parser error inside the body of the request a
+  route is handling (a bad chunk size) fails that body at once: the route answers 400.
 """
 
 from __future__ import annotations
