@@ -1,19 +1,28 @@
 # Every target that runs code installs what it needs into .venv first, so `make run` and
 # `make test` work as the very first command on a fresh checkout with only Python 3.11.
+# `make run` installs only what running needs; `make test` and `make lint` add the test and
+# lint tools (the `dev` extra); `make bench` adds the `bench` extra.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.dev-installed
 
 .PHONY: install run migrate test lint format docs clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+
+$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP)
+
+install: $(DEV_STAMP)
 
 run: $(STAMP)
 	$(BIN)/inbox serve --migrate
@@ -21,15 +30,15 @@ run: $(STAMP)
 migrate: $(STAMP)
 	$(BIN)/inbox migrate
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
@@ -41,13 +50,13 @@ clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # The load harness (bench/): not part of `make test`. It needs the `bench` extra (matplotlib,
-# psutil, uvloop, py-spy) on top of the dev install.
+# psutil, uvloop, py-spy) on top of what running needs.
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: bench bench-quick  # phony: bench/ is also a directory
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

@@ -13,14 +13,13 @@ raw results (see common.py for the line protocol). Modes:
 - `storm`: open new inbox sockets at a constant rate, timing each handshake;
 - `backlog`: connect to one inbox that already holds N alerts and time until all arrived;
 - `listeners`: N forked processes, each with its own plain asyncpg LISTEN connection, counting
-  notifications (stand-ins for N hosts of the service).
+  notifications (stand-ins for N hosts of the service): fleet.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import multiprocessing
 import os
 import random
 import sys
@@ -40,6 +39,10 @@ from .common import emit, install_uvloop, raise_nofile, stdin_lines, wait_comman
 Q = load_queries()
 ALERT_TEXT = "Bench alert: severe weather warning for your area, take shelter now."
 Op = Callable[[int], Awaitable[None]]
+
+
+class Refused(Exception):
+    """The server answered 503 server_busy (admission control): counted apart, not an error."""
 
 
 # -- request drivers ----------------------------------------------------------------------------
@@ -92,6 +95,8 @@ async def open_loop(op: Op, rate: float, duration: float, concurrency: int) -> d
         async with slots:
             try:
                 await op(i)
+            except Refused:
+                return
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 return
@@ -296,11 +301,17 @@ async def clients_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> d
 
 
 async def poster_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, Any]:
-    """Alerts at a constant rate: random subsets of `object_ids`, every `all_every`-th to all."""
+    """Alerts at a constant rate: random subsets of `object_ids`, every `all_every`-th to all.
+
+    With `refusals`, a 503 `server_busy` with Retry-After is a refusal (its latency from the
+    moment it was sent is recorded apart), not an error; `concurrency` bounds the requests in
+    flight (64)."""
     ids, subset, all_every = cfg["object_ids"], cfg["subset"], cfg["all_every"]
     rng = random.Random(cfg.get("seed", 7))
     records: list[list[Any]] = []  # [alert id, sent at, recipients or None for all]
-    session = aiohttp.ClientSession(cfg["url"], connector=aiohttp.TCPConnector(limit=64))
+    refused: list[float] = []
+    concurrency = cfg.get("concurrency", 64)
+    session = aiohttp.ClientSession(cfg["url"], connector=aiohttp.TCPConnector(limit=concurrency))
 
     async def post(i: int) -> None:
         to_all = all_every > 0 and i % all_every == all_every - 1
@@ -310,7 +321,19 @@ async def poster_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> di
             body = {"text": ALERT_TEXT, "object_ids": rng.sample(ids, subset), "alert_all": False}
         data = orjson.dumps(body)
         sent = time.monotonic()
-        reply = await post_json(session, "/alert", data)
+        if cfg.get("refusals"):
+            headers = {"Content-Type": "application/json"}
+            async with session.post("/alert", data=data, headers=headers) as resp:
+                raw = await resp.read()
+                busy = resp.status == 503 and "Retry-After" in resp.headers
+                if busy and orjson.loads(raw).get("error") == "server_busy":
+                    refused.append(time.monotonic() - sent)
+                    raise Refused
+                if resp.status != 200:
+                    raise RuntimeError(f"/alert: HTTP {resp.status}: {raw[:200]!r}")
+                reply = orjson.loads(raw)
+        else:
+            reply = await post_json(session, "/alert", data)
         # [id, sent, recipients (None: all), answered (the alert has committed by then)]
         records.append(
             [reply["id"], sent, None if to_all else reply["object_ids"], time.monotonic()]
@@ -318,9 +341,9 @@ async def poster_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> di
 
     emit("ready")
     await wait_command(commands, "go")
-    result = await open_loop(post, cfg["rate"], cfg["duration"], 64)
+    result = await open_loop(post, cfg["rate"], cfg["duration"], concurrency)
     await session.close()
-    return {**result, "records": records}
+    return {**result, "records": records, "refused": refused}
 
 
 async def storm_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, Any]:
@@ -368,70 +391,6 @@ async def backlog_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> d
     return {"latencies": times, "lost": lost, "duplicated": duplicated}
 
 
-# -- LISTEN fleet -------------------------------------------------------------------------------
-
-
-def _listener_process(dsn: str, channel: str, slot: int, shared: Any) -> None:
-    """One stand-in host: its own LISTEN connection, counting alert ids above the floor."""
-    ready, floor, stop, counts = shared
-
-    async def run() -> None:
-        conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
-
-        def on_note(_c: object, _pid: int, _ch: str, payload: object) -> None:
-            # The floor is set before the producer starts: nothing it commits can be missed.
-            if orjson.loads(str(payload))["alert_id"] > floor.value:
-                counts[slot] += 1
-
-        await conn.add_listener(channel, on_note)
-        ready.release()
-        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
-        await conn.close()
-
-    asyncio.run(run())
-
-
-def listeners_main(cfg: dict[str, Any]) -> None:
-    """Fork the fleet first (cheap, asyncpg already imported), then speak the line protocol.
-
-    `progress` answers the per-listener counts so far; `stop` ends the fleet.
-    """
-    ctx = multiprocessing.get_context("fork")
-    n = cfg["n"]
-    floor = ctx.Value("q", 2**62, lock=False)
-    shared = (ctx.Semaphore(0), floor, ctx.Event(), ctx.Array("q", n, lock=False))
-    ready, _floor, stop, counts = shared
-    procs = [
-        ctx.Process(target=_listener_process, args=(cfg["dsn"], cfg["channel"], i, shared))
-        for i in range(n)
-    ]
-    for proc in procs:
-        proc.start()
-
-    async def protocol() -> dict[str, Any]:
-        commands = await stdin_lines()
-        loop = asyncio.get_running_loop()
-        for _ in procs:
-            await loop.run_in_executor(None, ready.acquire)
-        emit("ready", pids=[p.pid for p in procs])
-        go = (await commands.readline()).split()  # "go <alert id floor>"
-        floor.value = int(go[1])
-        start = time.monotonic()
-        while (await commands.readline()).strip() == b"progress":
-            emit("progress", counts=list(counts))
-        elapsed = time.monotonic() - start
-        return {"counts": list(counts), "elapsed": elapsed}
-
-    try:
-        emit("done", **asyncio.run(protocol()))
-    finally:
-        stop.set()
-        for proc in procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-
-
 MODES = {
     "requests": requests_mode,
     "clients": clients_mode,
@@ -445,6 +404,8 @@ def main() -> None:
     mode, cfg = sys.argv[1], orjson.loads(sys.argv[2])
     raise_nofile()
     if mode == "listeners":
+        from .fleet import listeners_main
+
         listeners_main(cfg)
         return
     install_uvloop()

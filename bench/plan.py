@@ -52,6 +52,7 @@ class Plan:
     listeners: tuple[int, ...] = (1, 10, 100)
     listen_seconds: float = 3.0
     lock_rounds: int = 3
+    overload_seconds: float = 10.0  # 2x the POST /alert capacity offered, for this long
     only: frozenset[str] = SCENARIOS
     profile: bool = False  # run the service under py-spy (its CPU then includes py-spy's)
 
@@ -75,6 +76,7 @@ class Plan:
             scale_sockets=5_000,
             listen_seconds=1.2,
             lock_rounds=1,
+            overload_seconds=3.0,
         )
 
 

@@ -1,8 +1,8 @@
 """The application factory: middlewares, routes and resources. It does no I/O itself.
 
 Resources are cleanup contexts, each defined beside its resource (db.pool_context,
-listener.listener_context) and added here in dependency order: the pool, then the listener
-that needs it.
+batch.committers_context, listener.listener_context) and added here in dependency order: the
+pool, then the committers (group commit) and the listener that need it.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import auth, console, errors, handlers, inbox, logs, metrics, openapi
+from . import auth, batch, console, errors, handlers, history, inbox, logs, metrics, openapi
+from .admission import Admission
 from .config import Config
 from .db import pool_context
 from .errors import ServiceError
 from .hub import Hub
-from .keys import config_key, hub_key, metrics_key, sockets_key
+from .keys import admission_key, config_key, hub_key, metrics_key, sockets_key
 from .listener import listener_context
+from .wire import STATUS_CLIENT_GONE
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +46,30 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             if header in exc.headers:
                 response.headers[header] = exc.headers[header]
         return response
+    except ConnectionError:
+        if request.transport is None or request.transport.is_closing():
+            # The peer went away under the handler (a WebSocket handshake reset, a write to a
+            # socket it dropped): its doing, not ours. Nobody is left to read an answer; this
+            # one is for the access log and the metrics, and aiohttp drops it quietly.
+            log.info("client went away during %s %s", request.method, request.path)
+            return web.Response(status=STATUS_CLIENT_GONE)
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return internal_error()
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        internal = errors.ServiceError("an unexpected error occurred")
-        return handlers.json_response(internal.body(), status=internal.status)
+        return internal_error()
+
+
+def internal_error() -> web.Response:
+    internal = errors.ServiceError("an unexpected error occurred")
+    return handlers.json_response(internal.body(), status=internal.status)
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/object", handlers.create_object)
     app.router.add_get("/object/{object_id}", handlers.get_object)
+    app.router.add_get("/object/{object_id}/alerts", history.history)
+    app.router.add_post("/object/{object_id}/ack", history.ack)
     app.router.add_post("/alert", handlers.create_alert)
     app.router.add_get("/alert/{alert_id}", handlers.get_alert)
     app.router.add_get("/inbox/{object_id}", inbox.inbox)
@@ -80,10 +97,14 @@ def create_app(config: Config, database_url: str) -> web.Application:
     app[config_key] = config
     app[hub_key] = Hub()
     app[sockets_key] = set()
+    app[admission_key] = Admission(config.writes_in_flight)
     app[metrics_key] = metrics.Metrics(app)
     app.on_response_prepare.append(logs.add_response_headers)
     setup_routes(app)
     app.cleanup_ctx.append(pool_context(database_url))
+    app.cleanup_ctx.append(batch.committers_context)
     app.cleanup_ctx.append(listener_context(config.listen_database_url or database_url))
+    if app[metrics_key].multiprocess:
+        app.cleanup_ctx.append(metrics.sync_context)
     app.on_shutdown.append(inbox.close_all_inboxes)
     return app

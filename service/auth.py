@@ -100,12 +100,6 @@ def _is_api_key(config: Config, presented: str | None) -> bool:
     return any(matches)
 
 
-def has_valid_api_key(request: web.Request) -> bool:
-    """True when the request carries one of API_KEYS, or when none are configured."""
-    config = request.app[config_key]
-    return not config.api_keys or _is_api_key(config, bearer_token(request))
-
-
 def require_api_key(request: web.Request) -> None:
     """401 without a key, 403 with a wrong one (when API_KEYS is set)."""
     config = request.app[config_key]

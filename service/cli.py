@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 
 import psycopg
@@ -91,18 +94,10 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
 
 
 def _serve_one(config: Config, database_url: str, reuse_port: bool) -> None:
-    from aiohttp import web
-
+    from . import server
     from .app import create_app
 
-    web.run_app(
-        create_app(config, database_url),
-        host=config.host,
-        port=config.port,
-        reuse_port=reuse_port,
-        access_log=None,
-        print=lambda line: log.info("%s", line.strip()),
-    )
+    server.serve(create_app(config, database_url), config, reuse_port=reuse_port)
 
 
 def _worker(config: Config, database_url: str) -> None:
@@ -126,26 +121,52 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         if workers == 1:
             _serve_one(config, url, reuse_port=False)
             return 0
-        context = multiprocessing.get_context("spawn")
-        processes = [
-            context.Process(target=_worker, args=(config, url), name=f"inbox-worker-{i}")
-            for i in range(workers)
-        ]
-        for process in processes:
-            process.start()
-        log.info(
-            "serving with %d worker processes on http://%s:%d", workers, config.host, config.port
-        )
-        try:
-            for process in processes:
-                process.join()
-        finally:
-            for process in processes:
-                if process.is_alive():
-                    process.terminate()
-            for process in processes:
-                process.join(timeout=10)
+        with shared_metrics_dir():
+            _serve_workers(config, url, workers)
     return 0
+
+
+def _serve_workers(config: Config, url: str, workers: int) -> None:
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker, args=(config, url), name=f"inbox-worker-{i}")
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    log.info("serving with %d worker processes on http://%s:%d", workers, config.host, config.port)
+    try:
+        for process in processes:
+            process.join()
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+
+
+@contextlib.contextmanager
+def shared_metrics_dir() -> Iterator[None]:
+    """PROMETHEUS_MULTIPROC_DIR for the workers, so that one scrape reports them all (see
+    metrics.py): the operator's own, emptied of an earlier run's files, or a temporary one.
+    Set before the workers start: prometheus_client reads it when a worker first imports it."""
+    from .metrics import MULTIPROC_DIR_ENV
+
+    configured = os.environ.get(MULTIPROC_DIR_ENV)
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="inbox-metrics-") as directory:
+        os.environ[MULTIPROC_DIR_ENV] = directory
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROC_DIR_ENV]
 
 
 def cmd_tail(config: Config, args: argparse.Namespace) -> int:
@@ -153,7 +174,16 @@ def cmd_tail(config: Config, args: argparse.Namespace) -> int:
 
     url = args.url or f"http://{config.host}:{config.port}"
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(tail(url, args.object_id, after=args.after))
+        asyncio.run(
+            tail(
+                url,
+                args.object_id,
+                after=args.after,
+                ack=args.ack,
+                token=args.token or os.environ.get("INBOX_TOKEN") or None,
+                api_key=os.environ.get("INBOX_API_KEY") or None,
+            )
+        )
     return 0
 
 
@@ -173,6 +203,14 @@ def _at_least_one(raw: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _after(raw: str) -> int | str:
+    if raw == "acked":
+        return raw
+    if not raw.isdigit():
+        raise argparse.ArgumentTypeError("must be an alert id (an integer >= 0) or 'acked'")
+    return int(raw)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -208,7 +246,20 @@ def parser() -> argparse.ArgumentParser:
 
     tail = sub.add_parser("tail", help="print an inbox's alerts as they arrive")
     tail.add_argument("object_id", type=int, help="id of the object whose inbox to follow")
-    tail.add_argument("--after", type=int, default=0, help="start after this alert id")
+    tail.add_argument(
+        "--after",
+        type=_after,
+        default=0,
+        help="start after this alert id, or 'acked': after the object's read cursor",
+    )
+    tail.add_argument(
+        "--ack", action="store_true", help="mark each alert printed as read (POST .../ack)"
+    )
+    tail.add_argument(
+        "--token",
+        help="the object's inbox_token, needed with INBOX_SECRET (default: $INBOX_TOKEN; an API "
+        "key is read from $INBOX_API_KEY)",
+    )
     tail.add_argument("--url", help="service URL (default: http://HOST:PORT)")
     tail.set_defaults(run=cmd_tail)
     return top

@@ -73,6 +73,20 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+MIN_SECRET_BYTES = 32
+
+
+def _secret(raw: str) -> str:
+    """Empty (no secret), or at least MIN_SECRET_BYTES bytes: a short one is guessable."""
+    size = len(raw.encode("utf-8", "surrogateescape"))
+    if 0 < size < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"must be at least {MIN_SECRET_BYTES} bytes (it has {size}); make one with "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return raw
+
+
 def _postgres_url(raw: str) -> str | None:
     if not raw:
         return None
@@ -95,6 +109,7 @@ class Setting:
     default: str
     parse: Callable[[str], Any]
     help: str
+    secret: bool = False  # never shown: not in the repr, not in a start-up error
 
 
 def setting(default: str, parse: Callable[[str], Any], help: str, *, secret: bool = False) -> Any:
@@ -105,7 +120,7 @@ def setting(default: str, parse: Callable[[str], Any], help: str, *, secret: boo
     return field(
         default=parse(default),
         repr=not secret,
-        metadata={"setting": (default, parse, help)},
+        metadata={"setting": (default, parse, help, secret)},
     )
 
 
@@ -174,6 +189,12 @@ class Config:
     db_pool_min_size: int = setting("2", _positive_int, "connections the pool keeps open")
     # Never below DB_POOL_MIN_SIZE (raised to it while parsing).
     db_pool_max_size: int = setting("10", _positive_int, "most connections the pool opens")
+    writes_in_flight: int = setting(
+        "128",
+        _positive_int,
+        "POST /object and POST /alert requests one process handles at once; one more is "
+        "refused at once with 503 server_busy and Retry-After",
+    )
     db_timeout: float = setting(
         "5",
         _positive_float,
@@ -222,17 +243,18 @@ class Config:
     )
     inbox_secret: str = setting(
         "",
-        str,
-        "secret for inbox tokens (HMAC-SHA256 of the object id); when set, an object, its inbox "
-        "and the alerts addressed to it need its token or an API key (missing: 401, wrong: "
-        "403). Empty: no tokens; reads are open unless API_KEYS is set (WARNING at start-up)",
+        _secret,
+        "secret for inbox tokens (HMAC-SHA256 of the object id), at least 32 bytes; when set, "
+        "an object, its inbox and the alerts addressed to it need its token or an API key "
+        "(missing: 401, wrong: 403). Empty: no tokens; reads are open unless API_KEYS is set "
+        "(WARNING at start-up)",
         secret=True,
     )
     inbox_secret_previous: str = setting(
         "",
-        str,
-        "the secret before the last rotation: its tokens are still accepted, new tokens use "
-        "INBOX_SECRET",
+        _secret,
+        "the secret before the last rotation (at least 32 bytes): its tokens are still "
+        "accepted, new tokens use INBOX_SECRET",
         secret=True,
     )
     allowed_origins: frozenset[str] = setting(
@@ -256,6 +278,27 @@ class Config:
         _positive_int,
         "open inbox sockets per object; one more is refused before the upgrade with 429",
     )
+    # -- connections (service/server.py) ---------------------------------------------------
+    http_header_timeout: float = setting(
+        "10",
+        _positive_float,
+        "seconds a connection may take to send a complete request head, counted from when it "
+        "opens and from the end of its previous response (so also the keep-alive idle time); "
+        "then it is closed",
+    )
+    http_body_timeout: float = setting(
+        "10",
+        _positive_float,
+        "seconds to receive a whole request body once its route starts reading it; a slower "
+        "(trickling) body gets 408 and the connection is closed",
+    )
+    max_connections: int = setting(
+        "11000",
+        _positive_int,
+        "open TCP connections per process, in every state (inbox sockets included); one more "
+        "is answered 503 and closed at once. The open-files limit is raised to fit at start-up, "
+        "or this is lowered to fit it (WARNING)",
+    )
     # -- recorded while parsing, not settings ----------------------------------------------
     # Which setting(s) supplied database_url, for the one-line start-up errors.
     database_url_setting: str = ""
@@ -278,7 +321,8 @@ class Config:
             try:
                 values[s.name] = s.parse(raw)
             except ValueError as exc:
-                raise ConfigError(f"{s.env}={raw!r} is not valid: {exc}") from None
+                shown = s.env if s.secret else f"{s.env}={_hide_password(raw)!r}"
+                raise ConfigError(f"{shown} is not valid: {exc}") from None
         values["database_url"], values["database_url_setting"] = _database_url(values)
         values["db_pool_max_size"] = max(values["db_pool_max_size"], values["db_pool_min_size"])
         if values["db_transaction_pooling"] and not values["listen_database_url"]:
@@ -300,6 +344,17 @@ def _load_env_file(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     return {key: value or "" for key, value in dotenv_values(path).items()}
+
+
+def _hide_password(raw: str) -> str:
+    """A URL as it may be shown: without its password (`postgresql://u:***@h/db`)."""
+    try:
+        password = urlsplit(raw).password
+    except ValueError:  # not a URL urlsplit can take apart (an unclosed "[", say)
+        return raw if "@" not in raw else "***"
+    if password is None:
+        return raw
+    return raw.replace(f":{password}@", ":***@", 1)
 
 
 def _database_url(values: Mapping[str, Any]) -> tuple[str | None, str]:

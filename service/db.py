@@ -1,9 +1,14 @@
 """The database layer: the connection pool, the SQL in `sql/`, and one typed call per query.
 
-Handlers pass plain, validated values in; rows come back as dicts. Every call runs inside a
-transaction on a pooled connection: a call of one statement in that statement's own (implicit)
-transaction, one round trip in all; a call of several in an explicit one. A lost or
-unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver exception.
+Handlers pass plain, validated values in; rows come back as dicts or typed tuples. Every call
+runs inside a transaction on a pooled connection: a call of one statement in that statement's
+own (implicit) transaction, one round trip in all; a call of several in an explicit one. One
+style for reads and writes: a `Database` method takes its own connection; a call that may
+share the caller's transaction (a single write, the idempotency claim around it) is a function
+of the connection the caller holds. The tables are read and written only through these
+calls. A lost or unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver
+exception; a pool whose connections are all busy past DB_TIMEOUT, while the server answers, as
+`ServerBusy`.
 """
 
 from __future__ import annotations
@@ -14,13 +19,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncpg
 from aiohttp import web
 from asyncpg.pool import PoolConnectionProxy
 
-from .errors import DatabaseUnavailable
+from .errors import DatabaseUnavailable, NotAnAlertOfObject, NotFound, ServerBusy
 from .keys import config_key, db_key
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,14 @@ def load_queries(directory: Path = SQL_DIR) -> SimpleNamespace:
 Q = load_queries()
 
 Row = dict[str, Any]
+
+
+class ReadState(NamedTuple):
+    """Where an object's read cursor stands, and how many of its alerts are after it."""
+
+    object_id: int
+    acked_alert_id: int
+    unread: int
 
 
 @asynccontextmanager
@@ -113,9 +126,10 @@ else:
     Connection = PoolConnectionProxy
 
 
-# The writes, on a connection the caller holds: alone they are one statement in its own
-# transaction (Database.connection); idempotency.py adds its own statements around them in an
-# explicit one.
+# Calls on a connection the caller holds, for statements that may share its transaction: the
+# single writes (alone, one statement in its own transaction: Database.connection) and the
+# idempotency claim, lookup and stored response around them (idempotency.py, in an explicit
+# one). Every other call is a Database method that takes its own connection.
 
 
 async def insert_object(conn: Connection, email: str, phone_number: str) -> Row:
@@ -132,6 +146,37 @@ async def insert_alert(conn: Connection, text: str, object_ids: Sequence[int] | 
         row = await conn.fetchrow(Q.insert_alert_to_ids, text, object_ids)
     assert row is not None
     return dict(row)
+
+
+class StoredResponse(NamedTuple):
+    """An idempotency key's row: what the claiming request hashed to, and its answer (None
+    until the claiming transaction stores it)."""
+
+    request_hash: bytes
+    status: int | None
+    response: str | None
+
+
+async def claim_idempotency_key(
+    conn: Connection, key: str, route: str, request_hash: bytes, ttl: int
+) -> bool:
+    """Claim `key` on `route` (or re-claim it once older than `ttl` s); False: it is live and
+    answered. Waits while another transaction holds a claim on it."""
+    return bool(await conn.fetchval(Q.claim_idempotency_key, key, route, request_hash, ttl))
+
+
+async def get_idempotency_key(conn: Connection, key: str, route: str) -> StoredResponse | None:
+    row = await conn.fetchrow(Q.get_idempotency_key, key, route)
+    if row is None:
+        return None
+    return StoredResponse(bytes(row["request_hash"]), row["status"], row["response"])
+
+
+async def store_idempotent_response(
+    conn: Connection, key: str, route: str, status: int, response: str
+) -> None:
+    """The answer to replay, stored before the claiming transaction commits."""
+    await conn.execute(Q.store_idempotent_response, key, route, status, response)
 
 
 class Database:
@@ -153,24 +198,48 @@ class Database:
         """For one statement, which is its own transaction: no BEGIN/COMMIT round trips.
 
         For an alert that matters beyond speed: the id lock of `alerts_assign_id` is then held
-        only inside the server, never across a round trip to this process.
+        only inside the server, never across a round trip to this process. Behind a transaction
+        pooler (DB_TRANSACTION_POOLING) it is an explicit transaction all the same.
         """
         if self.transaction_pooling:
             async with self.transaction() as conn:
                 yield conn
             return
-        async with unavailable_as_503(), self.pool.acquire(timeout=self.timeout) as conn:
-            yield conn
+        async with unavailable_as_503():
+            conn = await self._acquire()
+            try:
+                yield conn
+            finally:
+                await self.pool.release(conn)
 
     @asynccontextmanager
     async def transaction(self, **options: Any) -> AsyncIterator[Connection]:
         """Several statements in one explicit transaction (`options` as asyncpg's)."""
-        async with (
-            unavailable_as_503(),
-            self.pool.acquire(timeout=self.timeout) as conn,
-            conn.transaction(**options),
-        ):
-            yield conn
+        async with unavailable_as_503():
+            conn = await self._acquire()
+            try:
+                async with conn.transaction(**options):
+                    yield conn
+            finally:
+                await self.pool.release(conn)
+
+    async def _acquire(self) -> Connection:
+        """A pooled connection; waiting too long for one the pool has is `ServerBusy`.
+
+        A timeout while every connection is open and in use means this process has more work
+        than connections, not that the database is down: that is `server_busy`. A timeout with
+        room in the pool was spent opening a connection: the database is unreachable.
+        """
+        try:
+            conn: Connection = await self.pool.acquire(timeout=self.timeout)
+        except TimeoutError:
+            pool = self.pool
+            if pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0:
+                raise ServerBusy(
+                    f"no database connection came free in {self.timeout:g} s; retry shortly"
+                ) from None
+            raise
+        return conn
 
     async def ping(self) -> None:
         async with self.connection() as conn:
@@ -194,12 +263,38 @@ class Database:
             row = await conn.fetchrow(Q.get_alert, alert_id)
         return dict(row) if row else None
 
+    async def insert_objects(
+        self, emails: Sequence[str], phone_numbers: Sequence[str]
+    ) -> list[Row]:
+        """Store a batch of objects in one statement (one transaction); rows in input order."""
+        async with self.connection() as conn:
+            rows = await conn.fetch(Q.insert_objects, emails, phone_numbers)
+        return [dict(row) for row in rows]
+
+    async def insert_alerts(
+        self, texts: Sequence[str], object_ids: Sequence[Sequence[int]]
+    ) -> list[Row]:
+        """Store a batch of alerts in one statement (one transaction); rows in input order.
+
+        Alert n goes to the existing ids among `object_ids[n]` (see service/batch.py).
+        """
+        owners = [n for n, ids in enumerate(object_ids, start=1) for _ in ids]
+        wanted = [object_id for ids in object_ids for object_id in ids]
+        async with self.connection() as conn:
+            rows = await conn.fetch(Q.insert_alerts_to_ids, texts, owners, wanted)
+        return [dict(row) for row in rows]
+
     async def get_alert_for_object(self, alert_id: int, object_id: int) -> Row | None:
         """The alert as one recipient sees it (no other recipients), or None when it is not
         addressed to that object."""
         async with self.connection() as conn:
             row = await conn.fetchrow(Q.get_alert_for_object, alert_id, object_id)
         return dict(row) if row else None
+
+    async def purge_idempotency_keys(self, ttl: int) -> None:
+        """Forget keys older than `ttl` s (already ignored; this only reclaims space)."""
+        async with self.connection() as conn:
+            await conn.execute(Q.purge_idempotency_keys, ttl)
 
     async def notification_queue_usage(self) -> float:
         """The fraction of the server's NOTIFY queue in use (read by /metrics)."""
@@ -235,12 +330,43 @@ class Database:
 
     async def catch_up(
         self, after: int, object_ids: Sequence[int]
-    ) -> tuple[int, list[tuple[int, bytes, list[int]]]]:
-        """The newest alert id, and every alert after `after` for `object_ids`, in one snapshot."""
+    ) -> tuple[int, list[tuple[int, bytes, list[int]]], list[ReadState]]:
+        """The newest alert id, every alert after `after` for `object_ids`, and the read state
+        of those of `object_ids` whose cursor ever moved, all in one snapshot (so each unread
+        count covers exactly the alerts up to the newest id)."""
         async with self.transaction(isolation="repeatable_read", readonly=True) as conn:
             last = await conn.fetchval(Q.last_alert_id)
             rows = await conn.fetch(Q.catch_up, after, object_ids) if object_ids else []
-        return last, [(row["id"], row["frame"], row["object_ids"]) for row in rows]
+            reads = await conn.fetch(Q.read_states, object_ids) if object_ids else []
+        return (
+            last,
+            [(row["id"], row["frame"], row["object_ids"]) for row in rows],
+            [ReadState(r["object_id"], r["acked_alert_id"], r["unread"]) for r in reads],
+        )
+
+    # -- history and the read cursor --------------------------------------------------------
+
+    async def read_cursor(self, object_id: int) -> int | None:
+        """The object's read cursor (0: nothing read yet), or None when it does not exist."""
+        async with self.connection() as conn:
+            value = await conn.fetchval(Q.read_cursor, object_id)
+        return None if value is None else int(value)
+
+    async def ack(self, object_id: int, alert_id: int) -> tuple[int, int]:
+        """Move the object's read cursor up to `alert_id` (never back): (cursor, unread).
+
+        Raises NotFound for an unknown object and NotAnAlertOfObject when `alert_id` is not
+        one of its alerts. When the cursor moves, the database notifies every listening
+        process at COMMIT (migration 0004).
+        """
+        async with self.connection() as conn:
+            row = await conn.fetchrow(Q.ack, object_id, alert_id)
+        assert row is not None
+        if not row["object_exists"]:
+            raise NotFound(f"no object with id {object_id}")
+        if not row["is_alert_of_object"]:
+            raise NotAnAlertOfObject(alert_id, object_id)
+        return int(row["acked_alert_id"]), int(row["unread"])
 
 
 def pool_context(dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:

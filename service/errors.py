@@ -32,13 +32,35 @@ class ServiceError(Exception):
 class MalformedRequest(ServiceError):
     status = 400
     code = "malformed_request"
-    meaning = "the body is not JSON or not a JSON object"
+    meaning = (
+        "the body is not JSON or not a JSON object, or not valid for its Content-Encoding; or "
+        "the request could not be read as HTTP at all (the connection is closed)"
+    )
 
 
 class UnsupportedMediaType(ServiceError):
     status = 415
     code = "unsupported_media_type"
-    meaning = "the body is not application/json"
+    meaning = (
+        "the body is not application/json, or its Content-Encoding is not gzip, deflate or identity"
+    )
+
+    def __init__(self, message: str, *, accept_encoding: str | None = None) -> None:
+        super().__init__(message)
+        if accept_encoding is not None:  # RFC 7694: say which content codings would do
+            self.headers = {"Accept-Encoding": accept_encoding}
+
+
+class RequestTimeout(ServiceError):
+    """The body did not arrive in time (a client trickling it); the connection is closed."""
+
+    status = 408
+    code = "request_timeout"
+    meaning = "the body did not arrive within HTTP_BODY_TIMEOUT; the connection is closed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers = {"Connection": "close"}
 
 
 class ValidationFailed(ServiceError):
@@ -54,6 +76,15 @@ class ValidationFailed(ServiceError):
         return {**super().body(), "fields": self.fields}
 
 
+class NotAnAlertOfObject(ValidationFailed):
+    """An ack names an alert that the object never received (or that does not exist)."""
+
+    meaning = "an ack's `alert_id` is not an alert of that object (`fields.alert_id`)"
+
+    def __init__(self, alert_id: int, object_id: int) -> None:
+        super().__init__({"alert_id": [f"Alert {alert_id} is not an alert of object {object_id}."]})
+
+
 class MethodNotAllowed(ServiceError):
     """Raised by aiohttp's router; declared here for its code and meaning."""
 
@@ -63,11 +94,11 @@ class MethodNotAllowed(ServiceError):
 
 
 class PayloadTooLarge(ServiceError):
-    """Raised by aiohttp when the body is over `client_max_size`."""
+    """Raised by body.py, or by aiohttp when a body is over `client_max_size`."""
 
     status = 413
     code = "payload_too_large"
-    meaning = "the body is over MAX_BODY_BYTES"
+    meaning = "the body, as sent or as it inflates, is over MAX_BODY_BYTES"
 
 
 class NotFound(ServiceError):
@@ -77,9 +108,27 @@ class NotFound(ServiceError):
 
 
 class DatabaseUnavailable(ServiceError):
+    """The database cannot be reached (or did not answer in time): not this process's load."""
+
     status = 503
     code = "database_unavailable"
-    meaning = "the database cannot be reached; retry"
+    meaning = "the database cannot be reached (or did not answer within DB_TIMEOUT); retry"
+
+
+class ServerBusy(ServiceError):
+    """This process refuses more work now (admission control, a full pool); retry shortly."""
+
+    status = 503
+    code = "server_busy"
+    meaning = (
+        "the process has WRITES_IN_FLIGHT writes in flight, or no pooled connection came free "
+        "within DB_TIMEOUT while the database answers; retry after Retry-After seconds"
+    )
+    RETRY_AFTER = 1  # seconds: long enough for the writes in flight to drain
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(self.RETRY_AFTER)}
 
 
 class Unauthorized(ServiceError):

@@ -55,7 +55,7 @@ MAX_CLIENT_MESSAGE = 4096  # a larger client frame closes the socket with 1009
 
 
 def _alert_id(raw: str, name: str) -> int:
-    if not raw.isascii() or not raw.isdigit() or int(raw) > schemas.MAX_ID:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) > schemas.MAX_ID:
         raise MalformedRequest(
             f"{name} must be the id of the last alert received (an integer >= 0)"
         )

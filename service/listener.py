@@ -241,7 +241,7 @@ class Listener:
             since_objects: list[int] = []
         else:
             since_objects = self.hub.connected_objects()
-        last, rows = await self.db.catch_up(since or 0, since_objects)
+        last, rows, _reads = await self.db.catch_up(since or 0, since_objects)
         for alert_id, frame, object_ids in rows:
             self.hub.publish(alert_id, frame, object_ids)
             self.dispatched += 1

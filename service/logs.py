@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .wire import STATUS_CLIENT_GONE
 
@@ -115,8 +116,27 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        safe = {key: redact(v) if isinstance(v, str) else v for key, v in entry.items()}
-        return orjson.dumps(safe, default=lambda v: redact(str(v))).decode()
+        # The whole line, so that nested extra fields are covered too.
+        return redact(orjson.dumps(entry, default=str).decode())
+
+
+class ClientMistakeFilter(logging.Filter):
+    """aiohttp logs a request its parser cannot read (a control character in a header, a
+    malformed request line) at ERROR with a traceback: any client could fill the logs with
+    them. They are the client's mistake, answered 400: one INFO line saying what was wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError | ConnectionError):
+            reason = " ".join(str(exc).split())[:200]
+            record.msg, record.args = "%s (%s)", (record.getMessage(), reason)
+            if record.levelno > logging.INFO:
+                record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+CLIENT_MISTAKES = ClientMistakeFilter()
 
 
 def setup(log_format: str = "text", level: str = "info") -> None:
@@ -130,6 +150,7 @@ def setup(log_format: str = "text", level: str = "info") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("yoyo").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(CLIENT_MISTAKES)  # added once, however often
 
 
 # -- request ids and the access log ---------------------------------------------------------

@@ -1,33 +1,46 @@
-"""Prometheus metrics: one registry per application, the request middleware, GET /metrics.
+"""Prometheus metrics: one set per application, the request middleware, GET /metrics.
 
 HTTP requests are counted by a middleware. The real-time path is counted elsewhere, as plain
 numbers: the hub's `Meter` (frames sent, clients dropped as too slow, notification-to-send
-latency) and the listener's own counters (alerts dispatched, LISTEN reconnects). A collector
-reads those when /metrics is scraped, as it reads the open sockets and, with one query, how
-full PostgreSQL's NOTIFY queue is. Each worker process answers for itself: the samples of a
-scrape are those of the process that served it (`X-Inbox-Worker`).
+latency) and the listener's own counters (alerts dispatched, LISTEN reconnects). `sync()`
+copies those into the Prometheus metrics, as it reads the open sockets; /metrics also asks
+PostgreSQL, with one query, how full its NOTIFY queue is.
+
+With several worker processes (`inbox serve --workers W`, which sets PROMETHEUS_MULTIPROC_DIR
+for them), prometheus_client's multiprocess mode keeps every worker's samples in files there,
+and a scrape answered by any worker reports the whole server: counters and histograms summed
+over the workers, open sockets summed over the live ones, LISTEN ready only if it is in every
+live worker. Each worker copies its real-time numbers there every `SYNC_INTERVAL` seconds, and
+at once when it answers a scrape. With one process, each application keeps its own registry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
 from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import Collector
+from prometheus_client.multiprocess import MultiProcessCollector
 
-from .keys import config_key, db_key, hub_key, listener_key, metrics_key, sockets_key
+from .keys import (
+    admission_key,
+    alert_committer_key,
+    config_key,
+    db_key,
+    gate_key,
+    hub_key,
+    listener_key,
+    metrics_key,
+    object_committer_key,
+    sockets_key,
+)
 from .meter import BURST_BUCKETS, LATENCY_BUCKETS
 from .wire import STATUS_CLIENT_GONE
 
@@ -36,93 +49,211 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 UNMATCHED = "unmatched"  # one label for every path that matches no route, to bound cardinality
+UNPARSED_METHOD = "UNKNOWN"  # the method label of a request the HTTP parser could not read
+# prometheus_client reads it when it is first imported: `inbox serve --workers W` sets it in
+# the parent before the workers start (cli.py).
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SYNC_INTERVAL = 1.0  # seconds between copies of a worker's real-time numbers (multiprocess)
+
+
+def multiprocess() -> bool:
+    return bool(os.environ.get(MULTIPROC_DIR_ENV))
 
 
 class Metrics:
-    """The registry of one application and the metrics the middleware updates."""
+    """The metrics of one application, and how to copy the real-time path's numbers in."""
 
     def __init__(self, app: web.Application) -> None:
-        self.registry = CollectorRegistry()
+        self.app = app
+        self.multiprocess = multiprocess()
+        # Multiprocess: the samples live in files, and a scrape collects them all.
+        self.registry = None if self.multiprocess else CollectorRegistry()
+        registry = self.registry
         self.requests = Counter(
             "inbox_http_requests",
             "HTTP requests answered, by route template, method and status",
             ["route", "method", "status"],
-            registry=self.registry,
+            registry=registry,
         )
         self.latency = Histogram(
             "inbox_http_request_duration_seconds",
             "time to answer an HTTP request (WebSocket sessions excluded), by route template",
             ["route", "method"],
-            registry=self.registry,
+            registry=registry,
         )
         self.queue_usage = Gauge(
             "inbox_pg_notification_queue_usage",
             "fraction of PostgreSQL's NOTIFY queue in use, read at scrape time "
             "(NaN when the database did not answer)",
-            registry=self.registry,
+            multiprocess_mode="mostrecent",
+            registry=registry,
         )
-        self.registry.register(RealtimeCollector(app))
+        self.open_sockets = Gauge(
+            "inbox_open_sockets",
+            "inbox WebSockets and SSE streams open",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.listener_ready = Gauge(
+            "inbox_listener_ready",
+            "1 when LISTEN is active and caught up (in every worker), else 0",
+            multiprocess_mode="livemin",
+            registry=registry,
+        )
+        self.open_connections = Gauge(
+            "inbox_open_connections",
+            "TCP connections open, in every state (waiting for a request, in one, sockets)",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.connections_refused = Counter(
+            "inbox_connections_refused",
+            "connections answered 503 and closed at once: MAX_CONNECTIONS were open",
+            registry=registry,
+        )
+        self.dispatched = Counter(
+            "inbox_alerts_dispatched",
+            "alerts handed to open sockets by the listener (each worker counts its own)",
+            registry=registry,
+        )
+        self.reconnects = Counter(
+            "inbox_listen_reconnects",
+            "times the LISTEN connection was re-opened after failing or dropping",
+            registry=registry,
+        )
+        self.frames_sent = Counter(
+            "inbox_frames_sent", "alert frames written to WebSockets", registry=registry
+        )
+        self.dropped_slow = Counter(
+            "inbox_clients_dropped_slow",
+            "sockets closed with 4008 because their queue filled up",
+            registry=registry,
+        )
+        self.notification_latency = Histogram(
+            "inbox_notification_to_send_seconds",
+            "from a NOTIFY reaching the process to the frame being written to a socket",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.burst_seconds = Histogram(
+            "inbox_burst_seconds",
+            "from a NOTIFY reaching the process to the last frame of an alert for more open "
+            "inboxes than one slice (500) written (or queued for a backed-up socket)",
+            buckets=BURST_BUCKETS,
+            registry=registry,
+        )
+        self.writes_in_flight = Gauge(
+            "inbox_writes_in_flight",
+            "POST /object and POST /alert requests being handled (at most WRITES_IN_FLIGHT each)",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.writes_refused = Counter(
+            "inbox_writes_refused",
+            "writes refused with 503 server_busy because WRITES_IN_FLIGHT were in flight",
+            registry=registry,
+        )
+        self.write_batches = Counter(
+            "inbox_write_batches",
+            "group-committed batches written (one statement, one transaction each), by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.writes_batched = Counter(
+            "inbox_writes_batched",
+            "alerts or objects written in group-committed batches, by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self._copied: dict[str, float] = {}
+        self._copied_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._copied_burst_buckets = [0] * (len(BURST_BUCKETS) + 1)
 
+    def _add(self, counter: Counter, key: str, total: float) -> None:
+        """Bring `counter` up to `total` (a running count kept elsewhere)."""
+        delta = total - self._copied.get(key, 0)
+        if delta > 0:
+            counter.inc(delta)
+            self._copied[key] = total
 
-class RealtimeCollector(Collector):
-    """Samples of the real-time path, read from the application's objects at scrape time."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
-
-    def collect(self) -> Iterator[Metric]:
+    def sync(self) -> None:
+        """Copy the real-time path's plain numbers (hub meter, listener, sockets) in."""
         app = self.app
         meter = app[hub_key].meter
         listener = app.get(listener_key)
-        yield GaugeMetricFamily(
-            "inbox_open_sockets",
-            "inbox WebSockets and SSE streams open",
-            value=len(app[sockets_key]),
-        )
-        yield GaugeMetricFamily(
-            "inbox_listener_ready",
-            "1 when LISTEN is active and caught up, else 0",
-            value=1 if listener is not None and listener.ready else 0,
-        )
-        yield CounterMetricFamily(
-            "inbox_alerts_dispatched",
-            "alerts handed to this process's open sockets by the listener",
-            value=listener.dispatched if listener is not None else 0,
-        )
-        yield CounterMetricFamily(
-            "inbox_listen_reconnects",
-            "times the LISTEN connection was re-opened after failing or dropping",
-            value=listener.reconnects if listener is not None else 0,
-        )
-        yield CounterMetricFamily(
-            "inbox_frames_sent", "alert frames written to WebSockets", value=meter.frames_sent
-        )
-        yield CounterMetricFamily(
-            "inbox_clients_dropped_slow",
-            "sockets closed with 4008 because their queue filled up",
-            value=meter.dropped_slow,
-        )
-        cumulative, buckets = 0, []
-        for bound, count in zip((*LATENCY_BUCKETS, math.inf), meter.latency_counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
-        yield HistogramMetricFamily(
-            "inbox_notification_to_send_seconds",
-            "from a NOTIFY reaching this process to the frame being written to a socket",
-            buckets=buckets,
-            sum_value=meter.latency_sum,
-        )
-        cumulative, buckets = 0, []
-        for bound, count in zip((*BURST_BUCKETS, math.inf), meter.burst_counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
-        yield HistogramMetricFamily(
-            "inbox_burst_seconds",
-            "from a NOTIFY reaching this process to the last frame of an alert for more open "
-            "inboxes than one slice (500) written (or queued for a backed-up socket)",
-            buckets=buckets,
-            sum_value=meter.burst_sum,
-        )
+        self.open_sockets.set(len(app[sockets_key]))
+        self.listener_ready.set(1 if listener is not None and listener.ready else 0)
+        if listener is not None:
+            self._add(self.dispatched, "dispatched", listener.dispatched)
+            self._add(self.reconnects, "reconnects", listener.reconnects)
+        gate = app.get(gate_key)
+        if gate is not None:  # counted by the server `inbox serve` runs (server.py)
+            self.open_connections.set(gate.open)
+            self._add(self.connections_refused, "connections_refused", gate.refused)
+            # Requests its parser refused never reach the middleware: counted as answers to
+            # no route, with aiohttp's placeholder for the method it could not read.
+            for status, count in gate.unparsed.items():
+                answers = self.requests.labels(UNMATCHED, UNPARSED_METHOD, str(status))
+                self._add(answers, f"unparsed {status}", count)
+        admission = app.get(admission_key)
+        if admission is not None:
+            self.writes_in_flight.set(admission.in_flight)
+            self._add(self.writes_refused, "writes_refused", admission.refused)
+        for key in (alert_committer_key, object_committer_key):
+            committer = app.get(key)
+            if committer is not None:
+                kind = committer.name
+                self._add(self.write_batches.labels(kind), f"batches {kind}", committer.batches)
+                self._add(self.writes_batched.labels(kind), f"batched {kind}", committer.items)
+        self._add(self.frames_sent, "frames_sent", meter.frames_sent)
+        self._add(self.dropped_slow, "dropped_slow", meter.dropped_slow)
+        # The meter counts per bucket as a Histogram does; prometheus_client offers no public
+        # way to add counts to a bucket, so its (long stable) per-bucket values are used.
+        histogram = self.notification_latency
+        for i, count in enumerate(meter.latency_counts):
+            if count > self._copied_buckets[i]:
+                histogram._buckets[i].inc(count - self._copied_buckets[i])
+                self._copied_buckets[i] = count
+        self._add_sum(histogram, "latency_sum", meter.latency_sum)
+        histogram = self.burst_seconds
+        for i, count in enumerate(meter.burst_counts):
+            if count > self._copied_burst_buckets[i]:
+                histogram._buckets[i].inc(count - self._copied_burst_buckets[i])
+                self._copied_burst_buckets[i] = count
+        self._add_sum(histogram, "burst_sum", meter.burst_sum)
+
+    def _add_sum(self, histogram: Histogram, key: str, total: float) -> None:
+        delta = total - self._copied.get(key, 0.0)
+        if delta > 0:
+            histogram._sum.inc(delta)
+            self._copied[key] = total
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of this application, or of every worker (multiprocess)."""
+        self.sync()
+        registry = self.registry
+        if registry is None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+
+async def sync_context(app: web.Application) -> AsyncIterator[None]:
+    """Multiprocess only: copy this worker's real-time numbers every SYNC_INTERVAL, so that a
+    scrape answered by another worker sees them."""
+    metrics = app[metrics_key]
+
+    async def every_interval() -> None:
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL)
+            metrics.sync()
+
+    task = asyncio.create_task(every_interval(), name="metrics-sync")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    metrics.sync()
 
 
 @web.middleware
@@ -160,6 +291,4 @@ async def metrics_handler(request: web.Request) -> web.Response:
         log.warning("metrics: pg_notification_queue_usage() failed: %s", type(exc).__name__)
         usage = math.nan
     metrics.queue_usage.set(usage)
-    return web.Response(
-        body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -2,8 +2,9 @@
 
 Request bodies come from the validation schemas themselves (built with the running
 configuration, so limits such as the longest alert text are the real ones); responses from the
-response schemas in schemas.py. A test checks that every route the application registers is
-described here. GET /openapi.json serves it.
+response schemas in schemas.py; error responses from the error classes (errors.py); prose,
+parameters and security schemes from apidoc.py. A test checks that every route the application
+registers is described here. GET /openapi.json serves it.
 """
 
 from __future__ import annotations
@@ -16,49 +17,20 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from . import __version__, errors, schemas
-from .auth import Access, access_is_on, access_of
+from .apidoc import (
+    ACK_DESCRIPTION,
+    AFTER_PARAMETER,
+    CONTENT_ENCODING,
+    DESCRIPTION,
+    HISTORY_DESCRIPTION,
+    IDEMPOTENCY_KEY,
+    INBOX_DESCRIPTION,
+    SECURITY_SCHEMES,
+    security_for,
+)
+from .auth import access_of
 from .config import Config
 from .keys import config_key
-from .wire import CLOSE_MEANINGS, SSE_KEEPALIVE_INTERVAL, SSE_RETRY_MS
-
-DESCRIPTION = """\
-Contacts ("objects") and alerts stored in PostgreSQL; each alert is pushed to the open inbox
-WebSockets of its recipients the moment it commits.
-
-Every request body is JSON (`Content-Type: application/json`). Every error answers with one
-shape, `Error`: `{"error": "<code>", "message": "<text>"}`, plus `fields` for
-`validation_failed`. Every response carries `X-Request-Id` (the client's own when it sent a
-sane one) and `X-Inbox-Worker` (the pid of the process that answered).
-"""
-
-INBOX_DESCRIPTION = f"""\
-A WebSocket (`GET` with `Upgrade: websocket`). The server sends every alert the object already
-has with an id greater than `after`, oldest first, then each new one as it commits: one JSON
-text frame per alert, shaped as the `AlertFrame` schema, for example
-
-    {{"id": 7, "text": "Storm warning", "alert_all": false,
-     "number_of_objects_receiving_alert": 3, "created_at": "2026-11-26T01:17:44.521340+00:00"}}
-
-Each alert arrives exactly once and in id order. What the client sends is ignored; the server
-pings every `WS_HEARTBEAT` seconds and closes a peer that misses a pong. When the object's read
-cursor moves, the server sends `{{"acked_alert_id": N, "unread": M}}` (never an alert: it has no
-`id`).
-
-**Server-Sent Events**: the same `GET` with `Accept: text/event-stream` (and no upgrade)
-answers 200 with a `text/event-stream`: `retry: {SSE_RETRY_MS}` first, then one event per alert
-(`id: <alert id>`, `data: <the same AlertFrame JSON>`), read cursor moves as `event: ack`, and a
-`: keep-alive` comment every {SSE_KEEPALIVE_INTERVAL:.0f} s. It resumes from the `Last-Event-ID`
-header (which wins over `after`), as an `EventSource` does by itself. A stream that falls
-`WS_QUEUE_SIZE` events behind, or whose server shuts down, simply ends: reconnect with
-`Last-Event-ID` and nothing is missed. Every refusal (400, 401, 403, 404, 429, 503) comes
-before the stream starts, as a JSON error body.
-
-Close codes (after any of them, reconnect with `?after=<id of the last frame received>` and
-nothing is missed):
-
-| code | meaning |
-| --- | --- |
-""" + "".join(f"| {code} | {meaning} |\n" for code, meaning in CLOSE_MEANINGS.items())
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -91,43 +63,6 @@ def _path_id(name: str, what: str) -> dict[str, Any]:
 # Every error class, by class name: one reusable response each, `<code>: <meaning>`.
 ERRORS: dict[str, type[errors.ServiceError]] = {cls.__name__: cls for cls in errors.documented()}
 
-SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
-    "apiKey": {
-        "type": "http",
-        "scheme": "bearer",
-        "description": "one of API_KEYS, as `Authorization: Bearer <key>`; opens every route. "
-        "Never in a URL.",
-    },
-    "inboxToken": {
-        "type": "http",
-        "scheme": "bearer",
-        "description": "the object's `inbox_token` (with INBOX_SECRET), as "
-        "`Authorization: Bearer <token>`; opens that object's routes and the alerts "
-        "addressed to it",
-    },
-    "inboxTokenQuery": {
-        "type": "apiKey",
-        "in": "query",
-        "name": "token",
-        "description": "the same inbox token as `?token=`, for clients that cannot set headers "
-        "(WebSocket, EventSource)",
-    },
-}
-
-
-def security_for(config: Config, access: Access) -> list[dict[str, list[str]]]:
-    """The OpenAPI security requirement (alternatives) of a route under `config`."""
-    if access is Access.OPEN or not access_is_on(config):
-        return []
-    Requirement = dict[str, list[str]]
-    key: list[Requirement] = [{"apiKey": []}] if config.api_keys else []
-    if access is Access.API_KEY:
-        return key
-    tokens: list[Requirement] = (
-        [{"inboxToken": []}, {"inboxTokenQuery": []}] if config.inbox_secret else []
-    )
-    return key + tokens
-
 
 def secure(document: dict[str, Any], config: Config) -> None:
     """Declare on every operation what `auth` really asks of it, and its 401/403 answers."""
@@ -141,27 +76,35 @@ def secure(document: dict[str, Any], config: Config) -> None:
                     operation["responses"].setdefault(status, response)
 
 
-IDEMPOTENCY_KEY = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "description": "a retry with the same key and body returns the first response and writes "
-    "nothing; the same key with another body is 422 idempotency_key_reused",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-}
-
-
 def _errors(*names: str) -> dict[str, Any]:
     return {str(ERRORS[name].status): {"$ref": f"#/components/responses/{name}"} for name in names}
 
 
 WRITE_ERRORS = (
     "MalformedRequest",
+    "RequestTimeout",
     "PayloadTooLarge",
     "UnsupportedMediaType",
     "ValidationFailed",
     "DatabaseUnavailable",
 )
+
+
+def _write_errors() -> dict[str, Any]:
+    """The POSTs' errors; their 503 is either of two codes (one response per status)."""
+    busy, down = errors.ServerBusy, errors.DatabaseUnavailable
+    return {
+        **_errors(*WRITE_ERRORS),
+        "503": {
+            **_error(f"{down.code}: {down.meaning}; or {busy.code}: {busy.meaning}"),
+            "headers": {
+                "Retry-After": {
+                    "description": f"with {busy.code}: seconds to wait before retrying",
+                    "schema": {"type": "integer"},
+                }
+            },
+        },
+    }
 
 
 @functools.lru_cache(maxsize=8)
@@ -180,6 +123,10 @@ def build(config: Config) -> dict[str, Any]:
         ("Object", schemas.ObjectOut),
         ("Alert", schemas.AlertOut),
         ("AlertFrame", schemas.AlertFrame),
+        ("HistoryPage", schemas.HistoryPage),
+        ("AckCreate", schemas.ACK_SCHEMA),
+        ("AckOut", schemas.AckOut),
+        ("AckFrame", schemas.AckFrame),
         ("Health", schemas.Health),
         ("Ready", schemas.Ready),
         ("ObjectCreate", object_create),
@@ -196,11 +143,11 @@ def build(config: Config) -> dict[str, Any]:
                 "summary": "Create an object (a contact)",
                 "description": "The email is stored normalised, the phone number in E.164 "
                 "(numbers without +country are read in PHONE_DEFAULT_REGION).",
-                "parameters": [IDEMPOTENCY_KEY],
+                "parameters": [IDEMPOTENCY_KEY, CONTENT_ENCODING],
                 "requestBody": _body(object_create),
                 "responses": {
                     "200": _json("the object as stored", schemas.ObjectOut),
-                    **_errors(*WRITE_ERRORS),
+                    **_write_errors(),
                 },
             }
         },
@@ -219,6 +166,72 @@ def build(config: Config) -> dict[str, Any]:
         },
     )
     spec.path(
+        path="/object/{object_id}/alerts",
+        operations={
+            "get": {
+                "summary": "Read an object's alerts, oldest first, a page at a time",
+                "description": HISTORY_DESCRIPTION,
+                "parameters": [
+                    _path_id("object_id", "object"),
+                    AFTER_PARAMETER,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "most alerts on the page",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                            "default": 100,
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        **_json("one page", schemas.HistoryPage),
+                        "headers": {
+                            "Link": {
+                                "description": '`<...?after=N&limit=L>; rel="next"` when a '
+                                "next page exists",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                    },
+                    "400": _error(
+                        "malformed_request: `after` or `limit` is malformed or out of range"
+                    ),
+                    **_errors("NotFound", "DatabaseUnavailable"),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/object/{object_id}/ack",
+        operations={
+            "post": {
+                "summary": "Mark every alert of the object up to `alert_id` as read",
+                "description": ACK_DESCRIPTION,
+                "parameters": [_path_id("object_id", "object")],
+                "requestBody": _body(schemas.ACK_SCHEMA),
+                "responses": {
+                    "200": _json("the read cursor as it stands now", schemas.AckOut),
+                    **_errors(
+                        "MalformedRequest",
+                        "NotFound",
+                        "PayloadTooLarge",
+                        "UnsupportedMediaType",
+                        "DatabaseUnavailable",
+                    ),
+                    "422": _error(
+                        "validation_failed: `alert_id` is missing, not an id, or not an alert "
+                        "of this object (`fields.alert_id` says which)"
+                    ),
+                },
+            }
+        },
+    )
+    spec.path(
         path="/alert",
         operations={
             "post": {
@@ -226,13 +239,13 @@ def build(config: Config) -> dict[str, Any]:
                 "description": "`object_ids` is required unless `alert_all` is true (then it "
                 f"must be empty or absent); at most {config.alert_max_object_ids} ids. Ids that "
                 "do not exist are not counted; duplicates count once.",
-                "parameters": [IDEMPOTENCY_KEY],
+                "parameters": [IDEMPOTENCY_KEY, CONTENT_ENCODING],
                 "requestBody": _body(alert_create),
                 "responses": {
                     "200": _json(
                         "the alert as stored, with its recipients counted", schemas.AlertOut
                     ),
-                    **_errors(*WRITE_ERRORS),
+                    **_write_errors(),
                 },
             }
         },

@@ -86,6 +86,10 @@ class ObjectCreate(Schema):
             number = phonenumbers.parse(data["phone_number"], config.phone_default_region)
             if not phonenumbers.is_valid_number(number):
                 raise ValueError("Not a valid phone number.")
+            if number.extension:
+                # E.164, the stored form, has no extension; dropping it would store another
+                # number than the one given.
+                raise ValueError("Extensions are not supported: send the number without one.")
             phone = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
         except (phonenumbers.NumberParseException, ValueError) as exc:
             errors["phone_number"] = [
@@ -147,6 +151,23 @@ class AlertCreate(Schema):
         return data
 
 
+class AckCreate(Schema):
+    """POST /object/{id}/ack: the id of the newest alert read."""
+
+    class Meta:
+        unknown = RAISE
+
+    alert_id = fields.Integer(
+        strict=True,
+        required=True,
+        validate=validate.Range(min=1, max=MAX_ID, error="Must be an id between 1 and 2^63-1."),
+        metadata={"description": "an alert of this object; every alert up to it is read"},
+    )
+
+
+ACK_SCHEMA = AckCreate()
+
+
 @functools.cache
 def object_schema(config: Config) -> ObjectCreate:
     """One schema instance per configuration: building one per request is wasted work."""
@@ -159,6 +180,7 @@ def alert_schema(config: Config) -> AlertCreate:
 
 
 def load(schema: Schema, body: Mapping[str, Any]) -> dict[str, Any]:
+    _refuse_many_unknown_fields(schema, body)
     try:
         result: dict[str, Any] = schema.load(body)
     except ValidationError as exc:
@@ -169,6 +191,27 @@ def load(schema: Schema, body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 MAX_ITEM_ERRORS = 20
+
+
+MAX_FIELD_NAME_SHOWN = 64
+
+
+def _refuse_many_unknown_fields(schema: Schema, body: Mapping[str, Any]) -> None:
+    """More unknown fields than MAX_ITEM_ERRORS: refused before marshmallow reads them, with
+    the first few named (each name cut short), as list-item errors are. 75,000 unknown fields
+    once made a 2 MB error body."""
+    unknown = [name for name in body if name not in schema.fields]
+    if len(unknown) <= MAX_ITEM_ERRORS:
+        return
+    fields: dict[str, list[str]] = {
+        _shown(name): ["Unknown field."] for name in unknown[:MAX_ITEM_ERRORS]
+    }
+    fields["_schema"] = [f"{len(unknown)} unknown fields; the first {MAX_ITEM_ERRORS} are listed."]
+    raise ValidationFailed(fields)
+
+
+def _shown(name: str) -> str:
+    return name if len(name) <= MAX_FIELD_NAME_SHOWN else name[:MAX_FIELD_NAME_SHOWN] + "..."
 
 
 def _first_items(errors: Any) -> Any:
@@ -192,6 +235,9 @@ def dump_object(row: Mapping[str, Any]) -> dict[str, Any]:
         "email": row["email"],
         "phone_number": row["phone_number"],
         "created_at": timestamp(row["created_at"]),
+        # Absent from a row just inserted: a new object has read nothing and has nothing to read.
+        "acked_alert_id": row.get("acked_alert_id", 0),
+        "unread": row.get("unread", 0),
     }
 
 
@@ -216,6 +262,13 @@ class ObjectOut(Schema):
     email = fields.String(required=True, metadata={"description": "normalised by email-validator"})
     phone_number = fields.String(required=True, metadata={"description": "E.164"})
     created_at = fields.DateTime(required=True)
+    acked_alert_id = fields.Integer(
+        required=True,
+        metadata={"description": "the read cursor: every alert up to this id is read (0: none)"},
+    )
+    unread = fields.Integer(
+        required=True, metadata={"description": "alerts of the object after the read cursor"}
+    )
     inbox_token = fields.String(
         metadata={
             "description": "opens /inbox/{id}?token=; present when INBOX_SECRET is set (and, "
@@ -262,3 +315,41 @@ class Health(Schema):
 class Ready(Schema):
     status = fields.String(required=True, metadata={"description": "ready or unavailable"})
     reasons = fields.List(fields.String(), metadata={"description": "why it is not ready"})
+
+
+class HistoryPage(Schema):
+    """GET /object/{id}/alerts: one page of an object's alerts, oldest first."""
+
+    alerts = fields.List(
+        fields.Nested(AlertFrame),
+        required=True,
+        metadata={"description": "the same frames, byte for byte, as the inbox socket sends"},
+    )
+    next_after = fields.Integer(
+        required=True,
+        metadata={
+            "description": "the `after` of the next page: the last id on this one (or this "
+            "page's `after` when it is empty); poll with it later for what is new"
+        },
+    )
+    has_more = fields.Boolean(
+        required=True,
+        metadata={"description": "true when a next page exists now (then `Link: rel=next`)"},
+    )
+
+
+class AckOut(Schema):
+    """The read cursor after an ack; also what open inboxes are told (without object_id)."""
+
+    object_id = fields.Integer(required=True)
+    acked_alert_id = fields.Integer(
+        required=True, metadata={"description": "the cursor as it stands (never lower than before)"}
+    )
+    unread = fields.Integer(required=True, metadata={"description": "alerts after the cursor"})
+
+
+class AckFrame(Schema):
+    """Sent to every open inbox of an object when its read cursor moves (SSE: `event: ack`)."""
+
+    acked_alert_id = fields.Integer(required=True)
+    unread = fields.Integer(required=True)

@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, settings
 
 import testbed
+from service import server
 from service.app import create_app
 from service.config import Config
 
@@ -104,7 +105,10 @@ async def make_client(
     async def make(**overrides: str) -> TestClient[Any, Any]:
         config = make_config(database_url, **{**through_pgbouncer(database_url), **overrides})
         assert config.database_url is not None
-        return await aiohttp_client(create_app(config, config.database_url))
+        # The request-handler settings `inbox serve` uses (no body inflated by aiohttp).
+        settings = server.handler_settings(config)
+        app = create_app(config, config.database_url)
+        return await aiohttp_client(app, server_kwargs=settings)
 
     return make
 

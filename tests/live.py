@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from service import server
 from service.app import create_app
 from service.config import Config
 
@@ -25,7 +26,7 @@ class LiveServer:
         self.config = config
         self.loop = asyncio.new_event_loop()
         self.app = create_app(config, database_url)
-        self.runner = web.AppRunner(self.app, access_log=None)
+        self.runner = web.AppRunner(self.app, access_log=None, **server.handler_settings(config))
         self.url = ""
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 

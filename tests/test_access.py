@@ -4,6 +4,7 @@ injection payloads in every field."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -13,9 +14,11 @@ from aiohttp.test_utils import TestClient
 
 from service.app import create_app
 from service.auth import inbox_token
+from service.config import Config
 from service.keys import hub_key, sockets_key
 
 from .conftest import app_of, create_object, make_config
+from .test_cli import assert_one_clear_line, run
 
 Client = TestClient[Any, Any]
 SECRET = "inbox-secret-0123456789abcdef0123456789"
@@ -195,9 +198,27 @@ async def test_open_configuration_warns_at_start_up(
 
 
 def test_secrets_stay_out_of_the_config_repr(database_url: str) -> None:
-    config = make_config(database_url, API_KEYS="hunter2", INBOX_SECRET="s3cr3t-value")
+    config = make_config(database_url, API_KEYS="hunter2", INBOX_SECRET="s3cr3t-value" * 3)
     assert "hunter2" not in repr(config)
     assert "s3cr3t-value" not in repr(config)
+
+
+@pytest.mark.parametrize("setting", ["INBOX_SECRET", "INBOX_SECRET_PREVIOUS"])
+def test_a_short_secret_stops_start_up(tmp_path: Path, setting: str) -> None:
+    """One line naming the setting, exit status 2, and the secret itself never shown."""
+    for short in ("topsecret", "x" * 31, "é" * 15):  # 30 bytes in UTF-8
+        result = run(["serve"], tmp_path, **{setting: short})
+        assert_one_clear_line(result, setting)
+        assert "32 bytes" in result.stderr
+        assert short not in result.stderr + result.stdout
+    config = Config.from_env(environ={setting: "é" * 16}, env_file=None)  # 32 bytes: enough
+    assert "é" * 16 in (config.inbox_secret, config.inbox_secret_previous)
+
+
+def test_a_bad_database_url_is_shown_without_its_password(tmp_path: Path) -> None:
+    result = run(["migrate"], tmp_path, DATABASE_URL="postgresql://u:hunter2@h:port/db")
+    assert_one_clear_line(result, "DATABASE_URL")
+    assert "hunter2" not in result.stderr
 
 
 # -- inbox tokens -----------------------------------------------------------------------------

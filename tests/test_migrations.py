@@ -76,3 +76,31 @@ def test_migrate_command_twice_is_harmless(scratch_database: str, tmp_path: Path
 @pytest.mark.parametrize("name", all_migrations())
 def test_every_migration_has_a_rollback(name: str) -> None:
     assert (ROOT / "migrations" / f"{name}.rollback.sql").is_file()
+
+
+def test_the_read_cursor_migration_rolls_back_and_forward_keeping_objects(
+    scratch_database: str,
+) -> None:
+    migrate.apply(scratch_database)
+    with psycopg.connect(scratch_database) as conn:
+        conn.execute(
+            "INSERT INTO objects (email, phone_number, acked_alert_id) VALUES ('a@b.c', '+1', 7)"
+        )
+    assert migrate.rollback(scratch_database, 1) == ["0004.read_cursor"]
+    with psycopg.connect(scratch_database) as conn:
+        columns = {
+            row[0]
+            for row in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'objects'"
+            ).fetchall()
+        }
+        triggers = conn.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'objects_ack_notify'"
+        ).fetchone()
+        assert conn.execute("SELECT email FROM objects").fetchall() == [("a@b.c",)]
+    assert "acked_alert_id" not in columns
+    assert triggers == (0,)
+    assert "objects_ack_notify" not in functions(scratch_database)
+    assert migrate.apply(scratch_database) == ["0004.read_cursor"]
+    with psycopg.connect(scratch_database) as conn:
+        assert conn.execute("SELECT acked_alert_id FROM objects").fetchall() == [(0,)]

@@ -38,6 +38,12 @@ def same_shape(actual: Any, documented: Any) -> bool:
             and set(actual) == set(documented)
             and all(same_shape(actual[k], v) for k, v in documented.items())
         )
+    if isinstance(documented, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(documented)
+            and all(same_shape(a, d) for a, d in zip(actual, documented, strict=True))
+        )
     return bool(actual == documented)
 
 

@@ -49,3 +49,48 @@ async def test_tail_stops_on_an_unknown_object(
 ) -> None:
     await asyncio.wait_for(tail(str(client.make_url("/")), 424242), 5)
     assert "no object with id 424242" in capsys.readouterr().err
+
+
+async def test_tail_ack_marks_what_it_printed_as_read(
+    make_client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With access control on: the token opens the inbox and the ack."""
+    client = await make_client(INBOX_SECRET="t" * 32)
+    obj = await create_object(client)
+    token = obj["inbox_token"]
+    first = await create_alert(client, text="first", object_ids=[obj["id"]])
+    base = str(client.make_url("/"))
+    lines: list[str] = []
+
+    def printed() -> list[int]:
+        lines.extend(capsys.readouterr().out.splitlines())
+        return [json.loads(line)["id"] for line in lines]
+
+    async def cursor() -> tuple[int, int]:
+        body = await (await client.get(f"/object/{obj['id']}", params={"token": token})).json()
+        return body["acked_alert_id"], body["unread"]
+
+    following = asyncio.ensure_future(tail(base, obj["id"], ack=True, token=token))
+    try:
+        await connected(client, obj["id"])
+        second = await create_alert(client, text="second", object_ids=[obj["id"]])
+        await eventually(lambda: printed() == [first["id"], second["id"]])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while await cursor() != (second["id"], 0):
+            assert loop.time() < deadline, await cursor()
+            await asyncio.sleep(0.02)
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+    await create_alert(client, text="third", object_ids=[obj["id"]])
+    assert await cursor() == (second["id"], 1)
+
+
+async def test_tail_stops_when_the_token_is_refused(
+    make_client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = await make_client(INBOX_SECRET="t" * 32)
+    obj = await create_object(client)
+    await asyncio.wait_for(tail(str(client.make_url("/")), obj["id"], token="wrong"), 5)
+    assert "refused (403)" in capsys.readouterr().err

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import testbed
 from service.logs import REQUEST_ID_HEADER, WORKER_HEADER
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 START_TIMEOUT = 30.0
 MAX_SOCKETS = 64  # SO_REUSEPORT spreads connections by hash: enough to land on both
@@ -86,7 +90,7 @@ async def test_an_alert_reaches_sockets_on_every_worker(served: tuple[str, Path]
                 sockets.append((pid, ws))
                 pids.add(pid)
             assert len(pids) == 2, f"{len(sockets)} sockets all landed on one process"
-            await wait_all_listening(http, base, pids)
+            await wait_all_listening(http, base, len(sockets))
 
             # Posted through whichever process takes it: every socket on both must get it.
             async with http.post(
@@ -115,19 +119,84 @@ async def test_an_alert_reaches_sockets_on_every_worker(served: tuple[str, Path]
     assert {str(e["pid"]) for e in access} >= pids
 
 
-async def wait_all_listening(http: aiohttp.ClientSession, base: str, pids: set[str]) -> None:
-    """Each process reports its own sockets at /metrics: wait until both count theirs."""
-    # Sockets are registered with the hub after the handshake; a scrape lands on either
-    # process, so poll until each pid has shown an open-socket count that covers its share.
-    seen: dict[str, float] = {}
+async def scrape(http: aiohttp.ClientSession, base: str) -> tuple[str, Samples]:
+    """One scrape of /metrics: the pid that answered, and every sample as {(name, labels): v}."""
+    async with http.get(f"{base}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+        pid = response.headers[WORKER_HEADER]
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    return pid, samples
+
+
+async def wait_all_listening(http: aiohttp.ClientSession, base: str, expected: int) -> None:
+    """Until /metrics counts `expected` open sockets, summed over both workers: each worker
+    registers its sockets with its hub after the handshake, and copies its count for the
+    others' scrapes every second (metrics.SYNC_INTERVAL)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while set(seen) != pids or not all(seen.values()):
-        async with http.get(f"{base}/metrics") as response:
-            text = await response.text()
-            pid = response.headers[WORKER_HEADER]
-        for line in text.splitlines():
-            if line.startswith("inbox_open_sockets "):
-                seen[pid] = float(line.split()[1])
-        assert loop.time() < deadline, f"open sockets per worker: {seen}"
-        await asyncio.sleep(0.02)
+    while True:
+        _, samples = await scrape(http, base)
+        count = samples.get(("inbox_open_sockets", frozenset()), 0)
+        if count == expected:
+            return
+        assert loop.time() < deadline, f"open sockets counted: {count}, expected {expected}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
+async def test_one_scrape_reports_every_worker(served: tuple[str, Path]) -> None:
+    """prometheus_client's multiprocess mode: whichever worker answers /metrics, it reports the
+    requests of both, their sockets and the frames they sent."""
+    base, _ = served
+    body = {"email": "m@example.com", "phone_number": "212-555-1234"}
+    posted_by: Counter[str] = Counter()
+    async with fresh_connections() as http:
+        while len(posted_by) < 2 or sum(posted_by.values()) < 20:
+            async with http.post(f"{base}/object", json=body) as response:
+                assert response.status == 200, await response.text()
+                object_id = (await response.json())["id"]
+                posted_by[response.headers[WORKER_HEADER]] += 1
+            assert sum(posted_by.values()) < 200, "connections kept landing on one worker"
+        posts = sum(posted_by.values())
+        sockets = []
+        held_by: set[str] = set()
+        try:
+            while len(held_by) < 2 and len(sockets) < MAX_SOCKETS:
+                ws = await http.ws_connect(f"{base}/inbox/{object_id}")
+                held_by.add(ws._response.headers[WORKER_HEADER])
+                sockets.append(ws)
+            assert len(held_by) == 2
+            await wait_all_listening(http, base, len(sockets))
+            async with http.post(
+                f"{base}/alert", json={"text": "to all", "object_ids": [object_id]}
+            ) as response:
+                assert response.status == 200, await response.text()
+            for ws in sockets:
+                await ws.receive_json(timeout=10)
+            answered_by: set[str] = set()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while len(answered_by) < 2:
+                pid, samples = await scrape(http, base)
+                frames = samples.get(("inbox_frames_sent_total", frozenset()), 0)
+                if frames < len(sockets):  # the other worker copies its count each second
+                    assert loop.time() < deadline, f"frames counted: {frames}"
+                    await asyncio.sleep(0.05)
+                    continue
+                answered_by.add(pid)
+                key = frozenset({"route": "/object", "method": "POST", "status": "200"}.items())
+                assert samples[("inbox_http_requests_total", key)] == posts
+                assert frames == len(sockets)
+                assert samples[("inbox_open_sockets", frozenset())] == len(sockets)
+                assert samples[("inbox_listener_ready", frozenset())] == 1
+                latency = ("inbox_notification_to_send_seconds_count", frozenset())
+                assert samples[latency] == len(sockets)
+                assert loop.time() < deadline, "scrapes kept landing on one worker"
+        finally:
+            for ws in sockets:
+                await ws.close()

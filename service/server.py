@@ -1,0 +1,398 @@
+"""The HTTP server around the application: connection-level limits and timeouts.
+
+aiohttp's defaults suit a trusted network: a connection may sit an hour without sending a
+request (keep-alive 3,630 s), a body is inflated as it arrives whatever the route, `100
+Continue` is sent before the application has looked at the request, and nothing bounds how
+many connections a process holds. `serve` (what `inbox serve` runs) changes that:
+
+- HTTP_HEADER_TIMEOUT: a connection must send a complete request head within this many
+  seconds of opening, and of the end of its previous response (the keep-alive idle time);
+  else it is closed. This is aiohttp's keep-alive timer, which covers both waits, and so also
+  a head sent byte by byte (slowloris).
+- A body its route does not read is drained for at most LINGER seconds, as raw bytes, then the
+  connection is closed; a body a route reads is bounded by body.py (HTTP_BODY_TIMEOUT).
+- Bodies are never inflated by aiohttp (`auto_decompress` off): body.py does it, bounded, for
+  the routes that read one.
+- `Expect` is taken off the request before the application sees it, so aiohttp does not
+  answer `100 Continue` before routing and access control; body.py sends it when a route that
+  accepted the caller starts reading.
+- MAX_CONNECTIONS: every open connection is counted, whatever its state (waiting for a head,
+  in a request, an inbox socket). One more is answered 503 `server_busy` and closed at once,
+  so a flood cannot exhaust the process's file descriptors; the open-files limit is raised to
+  fit at start-up (or the bound lowered to fit it, with a WARNING).
+- A request aiohttp's parser cannot read (a control character in a header, a malformed
+  request line, a line over 8190 bytes, a bad chunk size, an invalid method) never reaches
+  the application: aiohttp answers it from `RequestHandler.handle_error`, in plain text that
+  quotes the offending bytes (a token in the request line included), and logs it at ERROR
+  with a traceback. `Protocol` answers it with the JSON error body instead, echoing nothing
+  the client sent, logs one INFO line (DEBUG for a bad method: scanners, TLS on this port),
+  and counts it on the gate for /metrics. A parser error inside the body of the request a
+  route is handling (a bad chunk size) fails that body at once: the route answers 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import resource
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import hdrs, web, web_protocol
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
+
+from .config import Config
+from .errors import BY_AIOHTTP_STATUS, MalformedRequest, ServiceError
+from .keys import expects_continue_key, gate_key
+from .logs import REQUEST_ID_HEADER, WORKER_HEADER, redact
+
+log = logging.getLogger(__name__)
+
+LINGER = 2.0  # seconds aiohttp keeps reading, and discarding, a body its route did not read
+# Descriptors the process needs besides client connections: its pool, LISTEN, logs, files.
+RESERVED_FDS = 64
+
+RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+_BUSY_BODY = orjson.dumps(
+    {"error": "server_busy", "message": "this server has no room for another connection"}
+)
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Retry-After: 1\r\n"
+    b"Connection: close\r\n"
+    b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
+)
+
+
+def handler_settings(config: Config) -> dict[str, Any]:
+    """aiohttp request-handler settings (for AppRunner and the test server alike)."""
+    return {
+        "keepalive_timeout": config.http_header_timeout,
+        "lingering_time": LINGER,
+        "auto_decompress": False,
+    }
+
+
+# -- Expect: 100-continue ---------------------------------------------------------------------
+
+
+def hold_back_continue(handle: RequestHandler) -> RequestHandler:
+    """Hand the application the request without `Expect` (aiohttp would answer it before
+    routing); body.send_continue answers it once a route reads the body."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect is not None:
+            headers = request.headers.copy()
+            del headers[hdrs.EXPECT]
+            clone = request.clone(headers=headers)
+            # Other expectations are ignored, as RFC 9110 allows.
+            clone[expects_continue_key] = expect.strip().lower() == "100-continue"
+            response = await handle(clone)
+            if not response.prepared:
+                # Prepared here, with the request the application routed: aiohttp would
+                # prepare it with the original, which has no route, and the application's
+                # on_response_prepare (X-Inbox-Worker, X-Request-Id) would not run.
+                with contextlib.suppress(ConnectionError):  # aiohttp finds that out itself
+                    await response.prepare(clone)
+            return response
+        return await handle(request)
+
+    return handler
+
+
+# -- counting and bounding connections --------------------------------------------------------
+
+
+class Gate:
+    """Counts the open connections of a server and refuses those past `limit`; also counts,
+    by status, the requests its parser refused (the application never sees them)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self.refused = 0
+        self.unparsed: Counter[int] = Counter()
+
+    def protocols(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for `loop.create_server` around aiohttp's own."""
+
+        def make() -> asyncio.Protocol:
+            # Counted when made, not when connected: asyncio accepts a burst of connections
+            # before any of them is connected, and each must see the others.
+            if self.open >= self.limit:
+                self.refused += 1
+                return _Refused()
+            self.open += 1
+            return _Counted(self, factory())
+
+        return make
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol, unchanged, with the connection counted until it is lost."""
+
+    def __init__(self, gate: Gate, inner: asyncio.Protocol) -> None:
+        self.gate = gate
+        self.inner = inner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gate.open -= 1
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class _Refused(asyncio.Protocol):
+    """One connection too many: 503 and closed, without reading what it sends."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(BUSY)
+        transport.close()
+
+
+# -- requests the parser refuses --------------------------------------------------------------
+
+# Where aiohttp's parser messages start quoting what the client sent: `b'...'`, `bytearray(`,
+# a quoted string, the `^` pointing into it. Everything from there on is dropped.
+_QUOTED = re.compile(r"""\s*:?\s*(?:\bb['"]|(?<![A-Za-z])['"]|bytearray\(|\^).*""", re.DOTALL)
+# What is left must read as a plain description; anything else is not repeated at all.
+_PLAIN = re.compile(r"[A-Za-z0-9 ,;:'/()-]{1,120}")
+UNPARSED = "the request could not be read as HTTP"
+
+
+def parser_reason(exc: BaseException | None) -> str:
+    """What aiohttp's parser found wrong, without the bytes it quotes (a request line may
+    carry a token): "Invalid header value char", "Got more than 8190 bytes when reading"."""
+    text = " ".join(getattr(exc, "message", "").split())
+    text = _QUOTED.sub("", text, count=1).rstrip(" :.")
+    return text if _PLAIN.fullmatch(text) and redact(text) == text else ""
+
+
+class Protocol(web_protocol.RequestHandler):
+    """aiohttp's connection protocol, answering what its parser refuses with the JSON error
+    body (the application never sees those requests, so its middlewares cannot)."""
+
+    def __init__(self, manager: Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.gate = manager.gate
+
+    def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        request = self._current_request
+        if request is None or len(self._messages) == queued:
+            return
+        refused, _ = self._messages[-1]
+        if isinstance(refused, web_protocol._ErrInfo) and not request.content.is_eof():
+            # The parser failed inside the body of the request being handled (a bad chunk
+            # size): aiohttp queues its error for after that request and leaves the body
+            # waiting, so a route reading it would answer 408 only after HTTP_BODY_TIMEOUT.
+            # The route gets the 400 now instead, and it is this connection's last answer.
+            reason = parser_reason(refused.exc)
+            error = MalformedRequest(f"{UNPARSED}: {reason}" if reason else UNPARSED)
+            error.headers = {hdrs.CONNECTION: "close"}
+            request.content.set_exception(error)
+            request.content.feed_eof()  # nothing left for aiohttp to drain after the answer
+            self.close()  # the queued error is not answered a second time
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError):  # a handler's own failure (500, 504)
+            super().handle_error(request, status, exc, message)  # logged as aiohttp does
+            return json_error(status, ServiceError.code, ServiceError.meaning)
+        if request.writer.output_size > 0:  # as aiohttp: an answer has begun, cannot replace it
+            raise ConnectionError("Response is sent already, cannot send another response")
+        request_id = uuid.uuid4().hex  # the request's own headers were never read
+        reason = parser_reason(exc)
+        # A bad method is mostly scanners and TLS sent to this port: as aiohttp, kept quiet.
+        level = logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.INFO
+        self.logger.log(
+            level,
+            "Refused a request the HTTP parser could not read from %s: %d (%s)",
+            request.remote,
+            status,
+            reason or type(exc).__name__,
+            extra={"request_id": request_id},
+        )
+        self.gate.unparsed[status] += 1
+        cls = BY_AIOHTTP_STATUS.get(status, MalformedRequest)
+        text = f"{UNPARSED}: {reason}" if reason else UNPARSED
+        return json_error(status, cls.code, text, request_id)
+
+
+def json_error(status: int, code: str, message: str, request_id: str | None = None) -> web.Response:
+    """The standard error body, for an answer made outside the application: it closes the
+    connection, and carries the headers logs.add_response_headers gives the others."""
+    response = web.json_response(
+        {"error": code, "message": message},
+        status=status,
+        dumps=lambda body: orjson.dumps(body).decode(),
+        headers={
+            hdrs.CONNECTION: "close",
+            REQUEST_ID_HEADER: request_id or uuid.uuid4().hex,
+            WORKER_HEADER: str(os.getpid()),
+        },
+    )
+    response.force_close()
+    return response
+
+
+class Server(web.Server):
+    """aiohttp's low-level server making `Protocol`s (its `__call__` makes its own class)."""
+
+    def __init__(self, base: web.Server, gate: Gate) -> None:
+        # The one aiohttp made for the application, its settings (timeouts, LINGER) kept.
+        super().__init__(
+            hold_back_continue(base.request_handler),
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=base._loop,
+            **base._kwargs,
+        )
+        self.gate = gate
+
+    def __call__(self) -> Protocol:
+        return Protocol(self, loop=self._loop, **self._kwargs)
+
+
+# -- the runner and its site ------------------------------------------------------------------
+
+
+class Runner(web.AppRunner):
+    """The application's runner with the settings above; `gate` counts its connections."""
+
+    def __init__(self, app: web.Application, config: Config, **kwargs: Any) -> None:
+        super().__init__(app, access_log=None, **handler_settings(config), **kwargs)
+        self.gate = Gate(config.max_connections)
+        app[gate_key] = self.gate  # for /metrics
+
+    async def _make_server(self) -> web.Server:
+        return Server(await super()._make_server(), self.gate)
+
+
+class Site(web.BaseSite):
+    """A TCP site whose connections pass through the runner's gate."""
+
+    def __init__(self, runner: Runner, host: str, port: int, *, reuse_port: bool = False) -> None:
+        super().__init__(runner, backlog=1024)
+        self.owner = runner
+        self.host, self.port, self.reuse_port = host, port, reuse_port
+
+    @property
+    def name(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self.owner.server
+        assert server is not None
+        listening = await asyncio.get_running_loop().create_server(
+            self.owner.gate.protocols(server),
+            self.host,
+            self.port,
+            backlog=self._backlog,
+            reuse_address=True,
+            reuse_port=self.reuse_port or None,
+        )
+        self._server = listening
+        if self.port == 0:  # the kernel chose one
+            self.port = listening.sockets[0].getsockname()[1]
+
+
+def fit_open_files(config: Config) -> int:
+    """Raise the open-files soft limit to fit MAX_CONNECTIONS; return the bound that fits."""
+    need = config.max_connections + config.db_pool_max_size + RESERVED_FDS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        wanted = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return config.max_connections
+    fits = max(1, soft - config.db_pool_max_size - RESERVED_FDS)
+    log.warning(
+        "MAX_CONNECTIONS=%d does not fit the open-files limit (%d): serving at most %d "
+        "connections at a time",
+        config.max_connections,
+        soft,
+        fits,
+    )
+    return fits
+
+
+async def start(
+    app: web.Application, config: Config, *, reuse_port: bool = False, handle_signals: bool = False
+) -> Site:
+    """Set the application up and listen on HOST:PORT (PORT 0: any free port)."""
+    runner = Runner(app, config, handle_signals=handle_signals)
+    runner.gate.limit = fit_open_files(config)
+    await runner.setup()
+    site = Site(runner, config.host, config.port, reuse_port=reuse_port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return site
+
+
+def serve(app: web.Application, config: Config, *, reuse_port: bool = False) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down as aiohttp's run_app does: the runner's
+    cleanup first, while connections are still alive (inbox sockets get 1001), then whatever
+    tasks are left."""
+
+    async def main() -> None:
+        site = await start(app, config, reuse_port=reuse_port, handle_signals=True)
+        log.info("serving on %s", site.name)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await site.owner.cleanup()
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    task = loop.create_task(main())
+    try:
+        loop.run_until_complete(task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(task)
+        left = asyncio.all_tasks(loop)
+        for other in left:
+            other.cancel()
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        asyncio.set_event_loop(None)
+        loop.close()
