@@ -263,7 +263,11 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     status, websocket = 500, False
     try:
         response = await handler(request)
-        status, websocket = response.status, isinstance(response, web.WebSocketResponse)
+        # An inbox (a WebSocket or an SSE stream) lasts as long as its client: not timed.
+        status = response.status
+        websocket = isinstance(response, web.WebSocketResponse) or (
+            response.content_type == "text/event-stream"
+        )
         return response
     except web.HTTPException as exc:
         status = exc.status

@@ -313,3 +313,23 @@ async def test_http_1_0_gets_bare_events_ended_by_the_close(client: Client) -> N
     line = await asyncio.wait_for(reader.readline(), 5)
     assert line == b"%d\n" % alert["id"]
     writer.close()
+
+
+async def test_streams_are_counted_but_not_timed(client: Client) -> None:
+    obj = await create_object(client)
+    stream = await open_stream(client, obj["id"])
+    await connected(client, obj["id"])
+    text = await (await client.get("/metrics")).text()
+    assert "inbox_open_sockets 1.0" in text
+    await close_all_inboxes(app_of(client))  # the stream ends from the server's side
+    with pytest.raises(EOFError):
+        await stream.next()
+    answered = 'inbox_http_requests_total{method="GET",route="/inbox/{object_id}",status="200"}'
+    for _ in range(100):
+        text = await (await client.get("/metrics")).text()
+        if answered in text:
+            break
+        await asyncio.sleep(0.05)
+    assert answered in text
+    timed = [line for line in text.splitlines() if line.startswith("inbox_http_request_dur")]
+    assert not [line for line in timed if 'route="/inbox/{object_id}"' in line]
