@@ -1,37 +1,108 @@
-"""Admission control for writes: each process bounds the POSTs it has in flight.
+"""Admission control for writes: each process bounds the POST /object and POST /alert it takes.
 
-Past the bound a request is refused at once with 503 `server_busy` and `Retry-After`, before
-its body is read: under overload the refused cost almost nothing, and the admitted are served
-at the rate the database commits, instead of every request queueing for a pooled connection
-until DB_TIMEOUT and failing late. The check and the count happen with no `await` between
-them, so a burst cannot overshoot the bound.
+Two bounds, both checked when a write arrives:
+
+- WRITES_IN_FLIGHT, a count: at most that many writes at once in this process;
+- WRITES_MAX_WAIT, a time: none while the oldest write queued for a batch (service/batch.py)
+  has waited longer than that. This one follows the database's commit rate as it moves (a
+  slower disk, a second worker taking turns at the commit lock, a DBA holding the id lock), so
+  accepted writes keep a bounded wait where a fixed count would let them queue behind it
+  (the head's sojourn time, as CoDel judges a queue).
+
+Past either, the request is refused at once with 503 `server_busy` and `Retry-After`. The
+refusal is made by the outermost middleware (`admit_writes`), before the request id, the
+credential check, the metrics and the access log middlewares do their work and before any
+body byte is read: under overload a refusal is most of what the process answers, so it must
+cost little. It still gets its access log line, its X-Request-Id and its count in
+`inbox_http_requests_total`, written here directly. A refusal answers a stranger too (503
+before 401): it says only that the process is full, as a connection past MAX_CONNECTIONS does.
+
+The check and the count happen with no `await` between them, so a burst cannot overshoot the
+bound.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Awaitable, Callable
 
+from aiohttp import web
+
+from . import handlers, logs, metrics
 from .errors import ServerBusy
+from .keys import admission_key
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+WRITE_ROUTES = frozenset({"/object", "/alert"})  # POST to these is admitted or refused here
 
 
 class Admission:
-    """At most `limit` writes at once in this process (WRITES_IN_FLIGHT)."""
+    """At most `limit` writes at once in this process (WRITES_IN_FLIGHT), and none while a
+    watched queue's oldest item has waited more than `max_wait` seconds (WRITES_MAX_WAIT)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_wait: float) -> None:
         self.limit = limit
+        self.max_wait = max_wait
         self.in_flight = 0
         self.refused = 0
+        self._waits: list[Callable[[], float]] = []
 
-    @contextmanager
-    def admit(self) -> Iterator[None]:
+    def watch(self, oldest_wait: Callable[[], float]) -> None:
+        """Also refuse while `oldest_wait()` (seconds) is over `max_wait`."""
+        self._waits.append(oldest_wait)
+
+    def enter(self) -> None:
+        """Count one more write in flight, or raise ServerBusy."""
         if self.in_flight >= self.limit:
             self.refused += 1
             raise ServerBusy(
                 f"this server has {self.limit} writes in flight already; retry shortly"
             )
+        for oldest_wait in self._waits:
+            if oldest_wait() > self.max_wait:
+                self.refused += 1
+                raise ServerBusy(
+                    "writes queued here have waited more than "
+                    f"{self.max_wait:g} s for a commit already; retry shortly"
+                )
         self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+@web.middleware
+async def admit_writes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Admit a write (counted until it is answered) or refuse it at once, cheaply."""
+    resource = request.match_info.route.resource
+    if (
+        request.method != "POST"
+        or resource is None
+        or resource.canonical not in WRITE_ROUTES
+        or request.match_info.http_exception is not None
+    ):
+        return await handler(request)
+    admission = request.app[admission_key]
+    started = time.perf_counter()
+    try:
+        admission.enter()
+    except ServerBusy as exc:
+        return refusal(request, exc, started)
+    try:
+        return await handler(request)
+    finally:
+        admission.leave()
+
+
+def refusal(request: web.Request, exc: ServerBusy, started: float) -> web.Response:
+    """The 503 as json_errors would answer it, with the access log line and the count the
+    outer middlewares would have written."""
+    response = handlers.json_response(exc.body(), status=exc.status)
+    response.headers.update(exc.headers)
+    request_id = logs.request_id_for(request)
+    response.headers[logs.REQUEST_ID_HEADER] = request_id
+    elapsed = time.perf_counter() - started
+    metrics.count_answer(request, exc.status, elapsed)
+    logs.log_access(request, request_id, exc.status, response.content_length or 0, elapsed)
+    return response

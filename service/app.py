@@ -12,8 +12,19 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import auth, batch, console, errors, handlers, history, inbox, logs, metrics, openapi
-from .admission import Admission
+from . import (
+    admission,
+    auth,
+    batch,
+    console,
+    errors,
+    handlers,
+    history,
+    inbox,
+    logs,
+    metrics,
+    openapi,
+)
 from .config import Config
 from .db import pool_context
 from .errors import ServiceError
@@ -86,6 +97,7 @@ def create_app(config: Config, database_url: str) -> web.Application:
     configured server, or the embedded one it started)."""
     app = web.Application(
         middlewares=[
+            admission.admit_writes,  # first: a refused write costs little (admission.py)
             logs.access_log_middleware,
             metrics.metrics_middleware,
             json_errors,
@@ -97,7 +109,7 @@ def create_app(config: Config, database_url: str) -> web.Application:
     app[config_key] = config
     app[hub_key] = Hub()
     app[sockets_key] = set()
-    app[admission_key] = Admission(config.writes_in_flight)
+    app[admission_key] = admission.Admission(config.writes_in_flight, config.writes_max_wait)
     app[metrics_key] = metrics.Metrics(app)
     app.on_response_prepare.append(logs.add_response_headers)
     setup_routes(app)

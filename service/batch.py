@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from aiohttp import web
 
 from .db import Database, Row
 from .errors import DatabaseUnavailable, ServerBusy
-from .keys import alert_committer_key, db_key, object_committer_key
+from .keys import admission_key, alert_committer_key, db_key, object_committer_key
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class NewObject:
 @dataclass(slots=True)
 class Pending(Generic[Item]):
     item: Item
+    queued_at: float = field(default_factory=time.monotonic)
     answer: asyncio.Future[Row] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -96,6 +98,13 @@ class Committer(Generic[Item]):
     def waiting(self) -> int:
         """Items queued for a next batch (not those being written now)."""
         return len(self._queue)
+
+    def oldest_wait(self) -> float:
+        """Seconds the oldest queued item has waited for a batch (0 with none queued): what
+        admission control (WRITES_MAX_WAIT) judges the queue by."""
+        if not self._queue:
+            return 0.0
+        return time.monotonic() - self._queue[0].queued_at
 
     def start(self) -> None:
         self._tasks = [
@@ -212,6 +221,8 @@ async def committers_context(app: web.Application) -> AsyncIterator[None]:
     (a request still queued then is answered 503 server_busy)."""
     alerts = app[alert_committer_key] = alert_committer(app[db_key])
     objects = app[object_committer_key] = object_committer(app[db_key])
+    app[admission_key].watch(alerts.oldest_wait)
+    app[admission_key].watch(objects.oldest_wait)
     alerts.start()
     objects.start()
     yield

@@ -195,6 +195,12 @@ class Config:
         "POST /object and POST /alert requests one process handles at once; one more is "
         "refused at once with 503 server_busy and Retry-After",
     )
+    writes_max_wait: float = setting(
+        "0.25",
+        _positive_float,
+        "seconds the oldest POST queued for a group commit may have waited; past it new ones "
+        "are refused at once with 503 server_busy and Retry-After",
+    )
     db_timeout: float = setting(
         "5",
         _positive_float,

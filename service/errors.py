@@ -121,7 +121,8 @@ class ServerBusy(ServiceError):
     status = 503
     code = "server_busy"
     meaning = (
-        "the process has WRITES_IN_FLIGHT writes in flight, or no pooled connection came free "
+        "the process has WRITES_IN_FLIGHT writes in flight, or a write queued for a group "
+        "commit has waited longer than WRITES_MAX_WAIT, or no pooled connection came free "
         "within DB_TIMEOUT while the database answers; retry after Retry-After seconds"
     )
     RETRY_AFTER = 1  # seconds: long enough for the writes in flight to drain

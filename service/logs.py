@@ -198,29 +198,36 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         status = STATUS_CLIENT_GONE
         raise
     finally:
-        elapsed = time.perf_counter() - started
-        target = loggable_target(request)
-        access_log.info(
-            '%s "%s %s HTTP/%d.%d" %d %dB %.1fms',
-            request.remote,
-            request.method,
-            target,
-            *request.version,
-            status,
-            size,
-            elapsed * 1000,
-            extra={
-                "request_id": request_id,
-                "remote": request.remote,
-                "method": request.method,
-                "path": target,
-                "status": status,
-                "bytes": size,
-                "duration_ms": round(elapsed * 1000, 3),
-                "user_agent": request.headers.get("User-Agent"),
-            },
-        )
+        log_access(request, request_id, status, size, time.perf_counter() - started)
         request_id_var.reset(token)
+
+
+def log_access(
+    request: web.BaseRequest, request_id: str, status: int, size: int, elapsed: float
+) -> None:
+    """The access log line of one request (also written by admission control for a write it
+    refuses before this middleware runs)."""
+    target = loggable_target(request)
+    access_log.info(
+        '%s "%s %s HTTP/%d.%d" %d %dB %.1fms',
+        request.remote,
+        request.method,
+        target,
+        *request.version,
+        status,
+        size,
+        elapsed * 1000,
+        extra={
+            "request_id": request_id,
+            "remote": request.remote,
+            "method": request.method,
+            "path": target,
+            "status": status,
+            "bytes": size,
+            "duration_ms": round(elapsed * 1000, 3),
+            "user_agent": request.headers.get("User-Agent"),
+        },
+    )
 
 
 async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -276,12 +276,18 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = STATUS_CLIENT_GONE
         raise
     finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else UNMATCHED
-        metrics = request.app[metrics_key]
-        metrics.requests.labels(route, request.method, str(status)).inc()
-        if not websocket:
-            metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
+        count_answer(request, status, None if websocket else time.perf_counter() - started)
+
+
+def count_answer(request: web.Request, status: int, elapsed: float | None) -> None:
+    """Count one answer by route template and status, and time it unless `elapsed` is None
+    (also called by admission control for a write it refuses before this middleware runs)."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else UNMATCHED
+    metrics = request.app[metrics_key]
+    metrics.requests.labels(route, request.method, str(status)).inc()
+    if elapsed is not None:
+        metrics.latency.labels(route, request.method).observe(elapsed)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

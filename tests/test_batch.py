@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -378,6 +379,56 @@ async def test_writes_past_the_bound_are_refused_at_once(
     assert [(await f).status for f in held] == [200, 200]
     assert await db.fetchval("SELECT count(*) FROM objects") == 1
     # The slots are free again.
+    assert (await client.post("/alert", json={"text": "now", "object_ids": [obj["id"]]})).ok
+
+
+async def test_a_write_queued_past_the_wait_bound_makes_the_next_refused_at_once(
+    make_client: Callable[..., Awaitable[Client]],
+    db: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Far below WRITES_IN_FLIGHT: only the time bound can refuse here.
+    client = await make_client(WRITES_MAX_WAIT="0.05")
+    obj = await create_object(client)
+    committer = committer_of(client)
+    async with alert_lock_held(db):
+        first = asyncio.ensure_future(
+            client.post("/alert", json={"text": "in the stalled batch", "object_ids": [obj["id"]]})
+        )
+        await blocked_backends(db, 1)
+        queued = await queue_behind(
+            client, committer, [{"text": "queued", "object_ids": [obj["id"]]}]
+        )
+        await eventually(lambda: committer.oldest_wait() > 0.05)
+        with caplog.at_level(logging.INFO, logger="inbox.access"):
+            for path, body in [
+                ("/alert", {"text": "refused", "object_ids": [obj["id"]]}),
+                ("/object", {"email": "late@example.com", "phone_number": "212-555-1234"}),
+            ]:
+                response = await asyncio.wait_for(client.post(path, json=body), 2)
+                assert response.status == 503
+                assert response.headers["Retry-After"] == "1"
+                payload = await response.json()
+                assert payload["error"] == "server_busy"
+                assert "waited" in payload["message"]
+                # The refusal keeps its access log line, under the id it answered with.
+                line = caplog.records[-1]
+                assert line.name == "inbox.access"
+                assert getattr(line, "request_id", None) == response.headers["X-Request-Id"]
+                assert (getattr(line, "path", None), getattr(line, "status", None)) == (path, 503)
+        assert not first.done()
+        assert not queued[0].done()
+        metrics = await (await client.get("/metrics")).text()
+        assert "inbox_writes_refused_total 2.0" in metrics
+        assert 'inbox_http_requests_total{method="POST",route="/alert",status="503"} 1.0' in metrics
+    # The writes accepted before the bound was passed still complete, in order.
+    answers = [await first, await queued[0]]
+    assert [r.status for r in answers] == [200, 200]
+    ids = [(await r.json())["id"] for r in answers]
+    assert ids == sorted(ids)
+    assert await db.fetchval("SELECT count(*) FROM objects") == 1
+    # The queue has drained: writes are admitted again.
+    assert committer.oldest_wait() == 0
     assert (await client.post("/alert", json={"text": "now", "object_ids": [obj["id"]]})).ok
 
 
