@@ -41,6 +41,10 @@ ALERT_TEXT = "Bench alert: severe weather warning for your area, take shelter no
 Op = Callable[[int], Awaitable[None]]
 
 
+class Refused(Exception):
+    """The server answered 503 server_busy (admission control): counted apart, not an error."""
+
+
 # -- request drivers ----------------------------------------------------------------------------
 
 
@@ -91,6 +95,8 @@ async def open_loop(op: Op, rate: float, duration: float, concurrency: int) -> d
         async with slots:
             try:
                 await op(i)
+            except Refused:
+                return
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 return
@@ -260,11 +266,17 @@ async def clients_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> d
 
 
 async def poster_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, Any]:
-    """Alerts at a constant rate: random subsets of `object_ids`, every `all_every`-th to all."""
+    """Alerts at a constant rate: random subsets of `object_ids`, every `all_every`-th to all.
+
+    With `refusals`, a 503 `server_busy` with Retry-After is a refusal (its latency from the
+    moment it was sent is recorded apart), not an error; `concurrency` bounds the requests in
+    flight (64)."""
     ids, subset, all_every = cfg["object_ids"], cfg["subset"], cfg["all_every"]
     rng = random.Random(cfg.get("seed", 7))
     records: list[list[Any]] = []  # [alert id, sent at, recipients or None for all]
-    session = aiohttp.ClientSession(cfg["url"], connector=aiohttp.TCPConnector(limit=64))
+    refused: list[float] = []
+    concurrency = cfg.get("concurrency", 64)
+    session = aiohttp.ClientSession(cfg["url"], connector=aiohttp.TCPConnector(limit=concurrency))
 
     async def post(i: int) -> None:
         to_all = all_every > 0 and i % all_every == all_every - 1
@@ -274,14 +286,26 @@ async def poster_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> di
             body = {"text": ALERT_TEXT, "object_ids": rng.sample(ids, subset), "alert_all": False}
         data = orjson.dumps(body)
         sent = time.monotonic()
-        reply = await post_json(session, "/alert", data)
+        if cfg.get("refusals"):
+            headers = {"Content-Type": "application/json"}
+            async with session.post("/alert", data=data, headers=headers) as resp:
+                raw = await resp.read()
+                busy = resp.status == 503 and "Retry-After" in resp.headers
+                if busy and orjson.loads(raw).get("error") == "server_busy":
+                    refused.append(time.monotonic() - sent)
+                    raise Refused
+                if resp.status != 200:
+                    raise RuntimeError(f"/alert: HTTP {resp.status}: {raw[:200]!r}")
+                reply = orjson.loads(raw)
+        else:
+            reply = await post_json(session, "/alert", data)
         records.append([reply["id"], sent, None if to_all else reply["object_ids"]])
 
     emit("ready")
     await wait_command(commands, "go")
-    result = await open_loop(post, cfg["rate"], cfg["duration"], 64)
+    result = await open_loop(post, cfg["rate"], cfg["duration"], concurrency)
     await session.close()
-    return {**result, "records": records}
+    return {**result, "records": records, "refused": refused}
 
 
 async def storm_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, Any]:

@@ -51,6 +51,7 @@ class Plan:
     listeners: tuple[int, ...] = (1, 10, 100)
     listen_seconds: float = 3.0
     lock_rounds: int = 3
+    overload_seconds: float = 10.0  # 2x the POST /alert capacity offered, for this long
     only: frozenset[str] = SCENARIOS
     profile: bool = False  # run the service under py-spy (its CPU then includes py-spy's)
 
@@ -73,6 +74,7 @@ class Plan:
             all_repeats=2,
             listen_seconds=1.2,
             lock_rounds=1,
+            overload_seconds=3.0,
         )
 
 

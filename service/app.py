@@ -1,8 +1,8 @@
 """The application factory: middlewares, routes and resources. It does no I/O itself.
 
 Resources are cleanup contexts, each defined beside its resource (db.pool_context,
-listener.listener_context) and added here in dependency order: the pool, then the listener
-that needs it.
+batch.committers_context, listener.listener_context) and added here in dependency order: the
+pool, then the committers (group commit) and the listener that need it.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import auth, console, errors, handlers, history, logs, metrics, openapi
+from . import auth, batch, console, errors, handlers, history, logs, metrics, openapi
+from .admission import Admission
 from .config import Config
 from .db import pool_context
 from .errors import ServiceError
 from .hub import Hub
-from .keys import config_key, hub_key, metrics_key, sockets_key
+from .keys import admission_key, config_key, hub_key, metrics_key, sockets_key
 from .listener import listener_context
 from .wire import STATUS_CLIENT_GONE
 
@@ -96,10 +97,12 @@ def create_app(config: Config, database_url: str) -> web.Application:
     app[config_key] = config
     app[hub_key] = Hub()
     app[sockets_key] = set()
+    app[admission_key] = Admission(config.writes_in_flight)
     app[metrics_key] = metrics.Metrics(app)
     app.on_response_prepare.append(logs.add_response_headers)
     setup_routes(app)
     app.cleanup_ctx.append(pool_context(database_url))
+    app.cleanup_ctx.append(batch.committers_context)
     app.cleanup_ctx.append(listener_context(config.listen_database_url or database_url))
     if app[metrics_key].multiprocess:
         app.cleanup_ctx.append(metrics.sync_context)

@@ -189,6 +189,12 @@ class Config:
     db_pool_min_size: int = setting("2", _positive_int, "connections the pool keeps open")
     # Never below DB_POOL_MIN_SIZE (raised to it while parsing).
     db_pool_max_size: int = setting("10", _positive_int, "most connections the pool opens")
+    writes_in_flight: int = setting(
+        "128",
+        _positive_int,
+        "POST /object and POST /alert requests one process handles at once; one more is "
+        "refused at once with 503 server_busy and Retry-After",
+    )
     db_timeout: float = setting(
         "5",
         _positive_float,

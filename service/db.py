@@ -1,9 +1,14 @@
 """The database layer: the connection pool, the SQL in `sql/`, and one typed call per query.
 
-Handlers pass plain, validated values in; rows come back as dicts. Every call runs inside a
-transaction on a pooled connection: a call of one statement in that statement's own (implicit)
-transaction, one round trip in all; a call of several in an explicit one. A lost or
-unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver exception.
+Handlers pass plain, validated values in; rows come back as dicts or typed tuples. Every call
+runs inside a transaction on a pooled connection: a call of one statement in that statement's
+own (implicit) transaction, one round trip in all; a call of several in an explicit one. One
+style for reads and writes: a `Database` method takes its own connection; a call that may
+share the caller's transaction (a single write, the idempotency claim around it) is a function
+of the connection the caller holds. The tables are read and written only through these
+calls. A lost or unreachable server surfaces as `DatabaseUnavailable` (503), never as a driver
+exception; a pool whose connections are all busy past DB_TIMEOUT, while the server answers, as
+`ServerBusy`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import asyncpg
 from aiohttp import web
 from asyncpg.pool import PoolConnectionProxy
 
-from .errors import DatabaseUnavailable, NotAnAlertOfObject, NotFound
+from .errors import DatabaseUnavailable, NotAnAlertOfObject, NotFound, ServerBusy
 from .keys import config_key, db_key
 
 log = logging.getLogger(__name__)
@@ -121,9 +126,10 @@ else:
     Connection = PoolConnectionProxy
 
 
-# The writes, on a connection the caller holds: alone they are one statement in its own
-# transaction (Database.connection); idempotency.py adds its own statements around them in an
-# explicit one.
+# Calls on a connection the caller holds, for statements that may share its transaction: the
+# single writes (alone, one statement in its own transaction: Database.connection) and the
+# idempotency claim, lookup and stored response around them (idempotency.py, in an explicit
+# one). Every other call is a Database method that takes its own connection.
 
 
 async def insert_object(conn: Connection, email: str, phone_number: str) -> Row:
@@ -140,6 +146,37 @@ async def insert_alert(conn: Connection, text: str, object_ids: Sequence[int] | 
         row = await conn.fetchrow(Q.insert_alert_to_ids, text, object_ids)
     assert row is not None
     return dict(row)
+
+
+class StoredResponse(NamedTuple):
+    """An idempotency key's row: what the claiming request hashed to, and its answer (None
+    until the claiming transaction stores it)."""
+
+    request_hash: bytes
+    status: int | None
+    response: str | None
+
+
+async def claim_idempotency_key(
+    conn: Connection, key: str, route: str, request_hash: bytes, ttl: int
+) -> bool:
+    """Claim `key` on `route` (or re-claim it once older than `ttl` s); False: it is live and
+    answered. Waits while another transaction holds a claim on it."""
+    return bool(await conn.fetchval(Q.claim_idempotency_key, key, route, request_hash, ttl))
+
+
+async def get_idempotency_key(conn: Connection, key: str, route: str) -> StoredResponse | None:
+    row = await conn.fetchrow(Q.get_idempotency_key, key, route)
+    if row is None:
+        return None
+    return StoredResponse(bytes(row["request_hash"]), row["status"], row["response"])
+
+
+async def store_idempotent_response(
+    conn: Connection, key: str, route: str, status: int, response: str
+) -> None:
+    """The answer to replay, stored before the claiming transaction commits."""
+    await conn.execute(Q.store_idempotent_response, key, route, status, response)
 
 
 class Database:
@@ -161,24 +198,48 @@ class Database:
         """For one statement, which is its own transaction: no BEGIN/COMMIT round trips.
 
         For an alert that matters beyond speed: the id lock of `alerts_assign_id` is then held
-        only inside the server, never across a round trip to this process.
+        only inside the server, never across a round trip to this process. Behind a transaction
+        pooler (DB_TRANSACTION_POOLING) it is an explicit transaction all the same.
         """
         if self.transaction_pooling:
             async with self.transaction() as conn:
                 yield conn
             return
-        async with unavailable_as_503(), self.pool.acquire(timeout=self.timeout) as conn:
-            yield conn
+        async with unavailable_as_503():
+            conn = await self._acquire()
+            try:
+                yield conn
+            finally:
+                await self.pool.release(conn)
 
     @asynccontextmanager
     async def transaction(self, **options: Any) -> AsyncIterator[Connection]:
         """Several statements in one explicit transaction (`options` as asyncpg's)."""
-        async with (
-            unavailable_as_503(),
-            self.pool.acquire(timeout=self.timeout) as conn,
-            conn.transaction(**options),
-        ):
-            yield conn
+        async with unavailable_as_503():
+            conn = await self._acquire()
+            try:
+                async with conn.transaction(**options):
+                    yield conn
+            finally:
+                await self.pool.release(conn)
+
+    async def _acquire(self) -> Connection:
+        """A pooled connection; waiting too long for one the pool has is `ServerBusy`.
+
+        A timeout while every connection is open and in use means this process has more work
+        than connections, not that the database is down: that is `server_busy`. A timeout with
+        room in the pool was spent opening a connection: the database is unreachable.
+        """
+        try:
+            conn: Connection = await self.pool.acquire(timeout=self.timeout)
+        except TimeoutError:
+            pool = self.pool
+            if pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0:
+                raise ServerBusy(
+                    f"no database connection came free in {self.timeout:g} s; retry shortly"
+                ) from None
+            raise
+        return conn
 
     async def ping(self) -> None:
         async with self.connection() as conn:
@@ -202,12 +263,38 @@ class Database:
             row = await conn.fetchrow(Q.get_alert, alert_id)
         return dict(row) if row else None
 
+    async def insert_objects(
+        self, emails: Sequence[str], phone_numbers: Sequence[str]
+    ) -> list[Row]:
+        """Store a batch of objects in one statement (one transaction); rows in input order."""
+        async with self.connection() as conn:
+            rows = await conn.fetch(Q.insert_objects, emails, phone_numbers)
+        return [dict(row) for row in rows]
+
+    async def insert_alerts(
+        self, texts: Sequence[str], object_ids: Sequence[Sequence[int]]
+    ) -> list[Row]:
+        """Store a batch of alerts in one statement (one transaction); rows in input order.
+
+        Alert n goes to the existing ids among `object_ids[n]` (see service/batch.py).
+        """
+        owners = [n for n, ids in enumerate(object_ids, start=1) for _ in ids]
+        wanted = [object_id for ids in object_ids for object_id in ids]
+        async with self.connection() as conn:
+            rows = await conn.fetch(Q.insert_alerts_to_ids, texts, owners, wanted)
+        return [dict(row) for row in rows]
+
     async def get_alert_for_object(self, alert_id: int, object_id: int) -> Row | None:
         """The alert as one recipient sees it (no other recipients), or None when it is not
         addressed to that object."""
         async with self.connection() as conn:
             row = await conn.fetchrow(Q.get_alert_for_object, alert_id, object_id)
         return dict(row) if row else None
+
+    async def purge_idempotency_keys(self, ttl: int) -> None:
+        """Forget keys older than `ttl` s (already ignored; this only reclaims space)."""
+        async with self.connection() as conn:
+            await conn.execute(Q.purge_idempotency_keys, ttl)
 
     async def notification_queue_usage(self) -> float:
         """The fraction of the server's NOTIFY queue in use (read by /metrics)."""

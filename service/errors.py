@@ -105,9 +105,27 @@ class NotFound(ServiceError):
 
 
 class DatabaseUnavailable(ServiceError):
+    """The database cannot be reached (or did not answer in time): not this process's load."""
+
     status = 503
     code = "database_unavailable"
-    meaning = "the database cannot be reached; retry"
+    meaning = "the database cannot be reached (or did not answer within DB_TIMEOUT); retry"
+
+
+class ServerBusy(ServiceError):
+    """This process refuses more work now (admission control, a full pool); retry shortly."""
+
+    status = 503
+    code = "server_busy"
+    meaning = (
+        "the process has WRITES_IN_FLIGHT writes in flight, or no pooled connection came free "
+        "within DB_TIMEOUT while the database answers; retry after Retry-After seconds"
+    )
+    RETRY_AFTER = 1  # seconds: long enough for the writes in flight to drain
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(self.RETRY_AFTER)}
 
 
 class Unauthorized(ServiceError):

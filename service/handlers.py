@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from . import auth, idempotency, schemas
+from . import auth, batch, idempotency, schemas
 from .body import read_body
 from .db import Connection, Database, insert_alert, insert_object
 from .errors import (
@@ -26,7 +26,16 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .hub import Session
-from .keys import config_key, db_key, hub_key, listener_key, sockets_key
+from .keys import (
+    admission_key,
+    alert_committer_key,
+    config_key,
+    db_key,
+    hub_key,
+    listener_key,
+    object_committer_key,
+    sockets_key,
+)
 from .wire import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_TOO_SLOW, CLOSE_TRY_AGAIN
 
 log = logging.getLogger(__name__)
@@ -82,16 +91,21 @@ def dump_object(request: web.Request, row: dict[str, Any]) -> dict[str, Any]:
 
 async def create_object(request: web.Request) -> web.Response:
     config = request.app[config_key]
-    body = await read_json_object(request)
-    data = schemas.load(schemas.object_schema(config), body)
+    with request.app[admission_key].admit():  # before the body is read: refusing costs little
+        body = await read_json_object(request)
+        data = schemas.load(schemas.object_schema(config), body)
+        if idempotency.request_key(request) is None:
+            new = batch.NewObject(data["email"], data["phone_number"])
+            row = await request.app[object_committer_key].submit(new)
+            return json_response(dump_object(request, row))
 
-    async def write(conn: Connection) -> dict[str, Any]:
-        row = await insert_object(conn, data["email"], data["phone_number"])
-        return dump_object(request, row)
+        async def write(conn: Connection) -> dict[str, Any]:
+            row = await insert_object(conn, data["email"], data["phone_number"])
+            return dump_object(request, row)
 
-    return await idempotency.respond_once(
-        request, request.app[db_key], config.idempotency_ttl, body, write
-    )
+        return await idempotency.respond_once(
+            request, request.app[db_key], config.idempotency_ttl, data, write
+        )
 
 
 async def get_object(request: web.Request) -> web.Response:
@@ -106,17 +120,24 @@ async def get_object(request: web.Request) -> web.Response:
 
 
 async def create_alert(request: web.Request) -> web.Response:
+    """Alerts to ids, without an Idempotency-Key, are group-committed (service/batch.py);
+    alert_all and keyed alerts are written in a transaction of their own."""
     config = request.app[config_key]
-    body = await read_json_object(request)
-    data = schemas.load(schemas.alert_schema(config), body)
+    with request.app[admission_key].admit():
+        body = await read_json_object(request)
+        data = schemas.load(schemas.alert_schema(config), body)
+        if data["object_ids"] is not None and idempotency.request_key(request) is None:
+            new = batch.NewAlert(data["text"], data["object_ids"])
+            row = await request.app[alert_committer_key].submit(new)
+            return json_response(schemas.dump_alert(row))
 
-    async def write(conn: Connection) -> dict[str, Any]:
-        row = await insert_alert(conn, data["text"], data["object_ids"])
-        return schemas.dump_alert(row)
+        async def write(conn: Connection) -> dict[str, Any]:
+            row = await insert_alert(conn, data["text"], data["object_ids"])
+            return schemas.dump_alert(row)
 
-    return await idempotency.respond_once(
-        request, request.app[db_key], config.idempotency_ttl, body, write
-    )
+        return await idempotency.respond_once(
+            request, request.app[db_key], config.idempotency_ttl, data, write
+        )
 
 
 async def get_alert(request: web.Request) -> web.Response:

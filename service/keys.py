@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .admission import Admission
+    from .batch import Committer, NewAlert, NewObject
     from .config import Config
     from .db import Database
     from .hub import Hub
@@ -20,6 +22,10 @@ if TYPE_CHECKING:
 
 config_key: web.AppKey[Config] = web.AppKey("config")
 db_key: web.AppKey[Database] = web.AppKey("db")
+admission_key: web.AppKey[Admission] = web.AppKey("admission")  # the bound on writes in flight
+# group commit of POST /alert and POST /object (service/batch.py)
+alert_committer_key: web.AppKey[Committer[NewAlert]] = web.AppKey("alert_committer")
+object_committer_key: web.AppKey[Committer[NewObject]] = web.AppKey("object_committer")
 hub_key: web.AppKey[Hub] = web.AppKey("hub")
 listener_key: web.AppKey[Listener] = web.AppKey("listener")
 sockets_key = web.AppKey("sockets", set[web.WebSocketResponse])  # open inbox sockets

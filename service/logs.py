@@ -116,8 +116,8 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        safe = {key: redact(v) if isinstance(v, str) else v for key, v in entry.items()}
-        return orjson.dumps(safe, default=lambda v: redact(str(v))).decode()
+        # The whole line, so that nested extra fields are covered too.
+        return redact(orjson.dumps(entry, default=str).decode())
 
 
 class ClientMistakeFilter(logging.Filter):

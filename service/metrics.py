@@ -29,7 +29,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .keys import config_key, db_key, gate_key, hub_key, listener_key, metrics_key, sockets_key
+from .keys import (
+    admission_key,
+    alert_committer_key,
+    config_key,
+    db_key,
+    gate_key,
+    hub_key,
+    listener_key,
+    metrics_key,
+    object_committer_key,
+    sockets_key,
+)
 from .meter import LATENCY_BUCKETS
 from .wire import STATUS_CLIENT_GONE
 
@@ -123,6 +134,29 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.writes_in_flight = Gauge(
+            "inbox_writes_in_flight",
+            "POST /object and POST /alert requests being handled (at most WRITES_IN_FLIGHT each)",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.writes_refused = Counter(
+            "inbox_writes_refused",
+            "writes refused with 503 server_busy because WRITES_IN_FLIGHT were in flight",
+            registry=registry,
+        )
+        self.write_batches = Counter(
+            "inbox_write_batches",
+            "group-committed batches written (one statement, one transaction each), by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.writes_batched = Counter(
+            "inbox_writes_batched",
+            "alerts or objects written in group-committed batches, by kind",
+            ["kind"],
+            registry=registry,
+        )
         self._copied: dict[str, float] = {}
         self._copied_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
 
@@ -147,6 +181,16 @@ class Metrics:
         if gate is not None:  # counted by the server `inbox serve` runs (server.py)
             self.open_connections.set(gate.open)
             self._add(self.connections_refused, "connections_refused", gate.refused)
+        admission = app.get(admission_key)
+        if admission is not None:
+            self.writes_in_flight.set(admission.in_flight)
+            self._add(self.writes_refused, "writes_refused", admission.refused)
+        for key in (alert_committer_key, object_committer_key):
+            committer = app.get(key)
+            if committer is not None:
+                kind = committer.name
+                self._add(self.write_batches.labels(kind), f"batches {kind}", committer.batches)
+                self._add(self.writes_batched.labels(kind), f"batched {kind}", committer.items)
         self._add(self.frames_sent, "frames_sent", meter.frames_sent)
         self._add(self.dropped_slow, "dropped_slow", meter.dropped_slow)
         # The meter counts per bucket as a Histogram does; prometheus_client offers no public

@@ -78,6 +78,61 @@ async def test_same_key_other_body_is_422(client: Client, db: asyncpg.Connection
     assert response.status == 200
 
 
+async def test_keys_belong_to_the_api_key_that_sent_them(
+    make_client: Any, db: asyncpg.Connection
+) -> None:
+    """Two API keys never see each other's responses, even with the same Idempotency-Key and
+    body (the response carries an inbox token)."""
+    client = await make_client(API_KEYS="key-one,key-two", INBOX_SECRET="s" * 32)
+    one, two = ({"Authorization": f"Bearer {k}"} for k in ("key-one", "key-two"))
+    body = {"email": "bob@example.com", "phone_number": "212-555-1234"}
+    first = await client.post("/object", json=body, headers={**one, **key("shared")})
+    assert first.status == 200
+    first_raw = await first.read()
+    other = await client.post("/object", json=body, headers={**two, **key("shared")})
+    assert other.status == 200
+    assert "Idempotent-Replayed" not in other.headers
+    assert json.loads(await other.read())["id"] != json.loads(first_raw)["id"]
+    # Each key's own retry still replays its own first answer.
+    again = await client.post("/object", json=body, headers={**one, **key("shared")})
+    assert (again.status, await again.read()) == (200, first_raw)
+    assert await count(db, "objects") == 2
+    # The database holds the key's digest, never the key.
+    routes = [r["route"] for r in await db.fetch("SELECT route FROM idempotency_keys")]
+    assert len(set(routes)) == 2
+    assert not any("key-one" in r or "key-two" in r for r in routes)
+
+
+async def test_a_default_spelled_out_is_the_same_request(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    """The hash is over the validated, normalised request: what would be stored."""
+    obj = await create_object(client)
+    first = await client.post(
+        "/alert", json={"text": "t", "object_ids": [obj["id"]]}, headers=key("spelled")
+    )
+    assert first.status == 200
+    first_raw = await first.read()
+    for retry in (
+        {"text": "t", "object_ids": [obj["id"]], "alert_all": False},
+        {"alert_all": False, "object_ids": [obj["id"], obj["id"]], "text": "t"},
+    ):
+        again = await client.post("/alert", json=retry, headers=key("spelled"))
+        assert (again.status, await again.read()) == (200, first_raw)
+        assert again.headers["Idempotent-Replayed"] == "true"
+    # The same contact written another way is the same object.
+    body = {"email": "Ann@Example.com", "phone_number": "212-555-1234"}
+    made = await client.post("/object", json=body, headers=key("ann"))
+    respelled = await client.post(
+        "/object",
+        json={"email": "Ann@example.com", "phone_number": "+1 212 555 1234"},
+        headers=key("ann"),
+    )
+    assert (respelled.status, await respelled.read()) == (200, await made.read())
+    assert await count(db, "alerts") == 1
+    assert await count(db, "objects") == 2
+
+
 @pytest.mark.parametrize("value", ["", "x" * 256, "naïve", "tab\there"])
 async def test_malformed_key_is_400(client: Client, db: asyncpg.Connection, value: str) -> None:
     headers = {"Idempotency-Key": value.encode("utf-8").decode("latin-1")}

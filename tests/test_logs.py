@@ -11,12 +11,15 @@ import logging
 import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import WSServerHandshakeError
 from aiohttp.test_utils import TestClient
 
+import testbed
 from service import logs
 from service.config import Config, ConfigError
 
@@ -227,6 +230,15 @@ def test_redact(line: str, expected: str) -> None:
     assert logs.redact(line) == expected
 
 
+def test_json_lines_redact_nested_fields() -> None:
+    rec = record("sent", request={"url": "/inbox/1?token=abc&after=2", "auth": ["Bearer k1"]})
+    entry = json.loads(logs.JsonFormatter().format(rec))
+    assert entry["request"] == {
+        "url": "/inbox/1?token=[redacted]&after=2",
+        "auth": ["Bearer [redacted]"],
+    }
+
+
 async def test_a_request_the_parser_refuses_is_one_info_line(
     client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -248,3 +260,59 @@ async def test_a_request_the_parser_refuses_is_one_info_line(
         (r.levelname, r.getMessage()) for r in lines
     ]
     assert any("Invalid header value char" in r.getMessage() for r in lines)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_inbox_serve_logs_no_credential(
+    database_url: str, tmp_path: Path, log_format: str
+) -> None:
+    """The same session against `inbox serve` itself (its own logging set-up, aiohttp's
+    loggers, DEBUG level), its whole log read afterwards."""
+    log_path = tmp_path / "serve.log"
+    settings = {
+        "API_KEYS": KEY,
+        "INBOX_SECRET": SECRET,
+        "LOG_FORMAT": log_format,
+        "LOG_LEVEL": "debug",
+    }
+    key = {"Authorization": f"Bearer {KEY}"}
+    with (
+        log_path.open("wb") as log_file,
+        testbed.service(database_url, log_file, settings=settings, cwd=tmp_path) as process,
+    ):
+        async with aiohttp.ClientSession() as session:
+            body = {"email": "bob@example.com", "phone_number": "212-555-1234"}
+            async with session.post(f"{process.url}/object", json=body, headers=key) as response:
+                created = await response.json()
+            token, oid = created["inbox_token"], created["id"]
+            async with session.ws_connect(
+                f"{process.url}/inbox/{oid}", params={"token": token}
+            ) as ws:
+                async with session.post(
+                    f"{process.url}/alert", json={"text": "hi", "object_ids": [oid]}, headers=key
+                ) as response:
+                    assert response.status == 200
+                assert (await ws.receive_json(timeout=5))["text"] == "hi"
+            async with session.get(
+                f"{process.url}/object/{oid}", headers={"Authorization": f"Bearer {token}"}
+            ) as response:
+                assert response.status == 200
+            async with session.get(
+                f"{process.url}/object/{oid + 1}", params={"token": token}
+            ) as response:
+                assert response.status == 403
+        host, port = process.url.removeprefix("http://").split(":")
+        for raw in (
+            f"GET /inbox/{oid}?token={token}\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+            f"GET /object/{oid} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\x01\r\n\r\n",
+        ):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(raw.encode())
+            assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.0 400")
+            writer.close()
+    lines = log_path.read_text()
+    assert f"/inbox/{oid}?token=[redacted]" in lines  # the session was logged
+    assert "Invalid char in url" in lines  # and aiohttp's own line about the bad request
+    assert "Traceback" not in lines
+    for secret in (token, KEY, token[:16], KEY[:16]):
+        assert secret not in lines
