@@ -16,9 +16,13 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
+import orjson
+
 from .meter import Meter
 
 log = logging.getLogger(__name__)
+
+NOTICE = 0  # the id a frame that is not an alert (a read-cursor move) travels under
 
 Frame = tuple[int, bytes]  # (alert id, the UTF-8 JSON text of a WebSocket text frame)
 
@@ -53,14 +57,15 @@ class Session:
             else:
                 self.pending.append((alert_id, frame))
             return
-        if alert_id <= self.last_id:
+        if alert_id != NOTICE and alert_id <= self.last_id:
             return
         try:
             self.queue.put_nowait((alert_id, frame))
         except asyncio.QueueFull:
             self._overflow()
             return
-        self.last_id = alert_id
+        if alert_id != NOTICE:
+            self.last_id = alert_id
 
     def start_live(self, last_backlog_id: int) -> None:
         """The backlog was sent up to `last_backlog_id`: queue what arrived meanwhile, in order."""
@@ -116,3 +121,10 @@ class Hub:
                 session.offer(alert_id, frame)
                 delivered += 1
         return delivered
+
+    def publish_ack(self, object_id: int, acked_alert_id: int, unread: int) -> None:
+        """Tell every open inbox of `object_id` where its read cursor is now: a notice, not an
+        alert, so never de-duplicated against alert ids; queued in order with the alerts."""
+        frame = orjson.dumps({"acked_alert_id": acked_alert_id, "unread": unread})
+        for session in tuple(self._by_object.get(object_id, ())):
+            session.offer(NOTICE, frame)
