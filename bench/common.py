@@ -20,11 +20,18 @@ import orjson
 import psutil
 
 
-def raise_nofile() -> int:
-    """Lift the soft RLIMIT_NOFILE to the hard limit (10,000 sockets need as many fds)."""
+def raise_nofile(want: int = 0) -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard limit (10,000 sockets need as many fds), and
+    the hard limit to `want` where allowed (root); children inherit both."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
         hard = 1 << 20
+    if want > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want
+        except (ValueError, OSError):
+            pass  # not privileged: the hard limit stays
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard

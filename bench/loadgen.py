@@ -199,18 +199,29 @@ async def post_json(session: aiohttp.ClientSession, path: str, body: bytes) -> A
 # -- WebSocket clients --------------------------------------------------------------------------
 
 
-def ws_session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=False))
+def ws_session(source: str | None = None) -> aiohttp.ClientSession:
+    """A client session; `source` binds its sockets to that local address (127.0.0.x), so that
+    tens of thousands of sockets do not exhaust one address's ephemeral ports."""
+    connector = aiohttp.TCPConnector(
+        limit=0, force_close=False, local_addr=(source, 0) if source else None
+    )
+    # No read timeout: an inbox may rightly stay silent for longer than any fixed bound.
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(connect=60))
 
 
 async def clients_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, Any]:
-    """Hold one inbox socket per object id and record (object id, alert id, time) per frame."""
+    """Hold one inbox per object id, a WebSocket or (`kind: sse`) an SSE stream, and record
+    (object id, alert id, time) per frame. `sources` spreads the sockets over that many
+    loopback addresses (127.0.0.2, 127.0.0.3, ...)."""
     url, after, ids = cfg["url"], cfg["after"], cfg["object_ids"]
+    sse = cfg.get("kind", "ws") == "sse"
     obj, alert, stamp = array("q"), array("q"), array("d")
     state = {"out_of_order": 0, "closed": 0, "connect_errors": 0}
-    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    sockets: list[Any] = []
     connecting = asyncio.Semaphore(cfg.get("connect_concurrency", 100))
-    session = ws_session()
+    sources, offset = cfg.get("sources", 0), cfg.get("source_offset", 0)
+    sessions = [ws_session(f"127.0.0.{2 + offset + n}") for n in range(sources)]
+    sessions = sessions or [ws_session()]
 
     all_tried = asyncio.Event()
 
@@ -218,11 +229,20 @@ async def clients_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> d
         if len(sockets) + state["connect_errors"] >= len(ids):
             all_tried.set()
 
-    async def hold(object_id: int) -> None:
+    def record(object_id: int, alert_id: int, last: int) -> int:
+        if alert_id <= last:
+            state["out_of_order"] += 1
+        obj.append(object_id)
+        alert.append(alert_id)
+        stamp.append(time.monotonic())
+        return max(last, alert_id)
+
+    async def hold_ws(session: aiohttp.ClientSession, object_id: int) -> None:
         async with connecting:
             try:
                 ws = await session.ws_connect(
-                    f"{url}/inbox/{object_id}?after={after}", timeout=aiohttp.ClientWSTimeout(30)
+                    f"{url}/inbox/{object_id}?after={after}",
+                    timeout=aiohttp.ClientWSTimeout(ws_close=10),
                 )
             except (aiohttp.ClientError, TimeoutError):
                 state["connect_errors"] += 1
@@ -234,17 +254,32 @@ async def clients_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> d
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 break
-            now = time.monotonic()
-            alert_id = orjson.loads(msg.data)["id"]
-            if alert_id <= last:
-                state["out_of_order"] += 1
-            last = max(last, alert_id)
-            obj.append(object_id)
-            alert.append(alert_id)
-            stamp.append(now)
+            last = record(object_id, orjson.loads(msg.data)["id"], last)
         state["closed"] += 1
 
-    holders = [asyncio.create_task(hold(i)) for i in ids]
+    async def hold_sse(session: aiohttp.ClientSession, object_id: int) -> None:
+        async with connecting:
+            try:
+                response = await session.get(
+                    f"{url}/inbox/{object_id}?after={after}",
+                    headers={"Accept": "text/event-stream"},
+                )
+                if response.status != 200:
+                    raise aiohttp.ClientError(f"HTTP {response.status}")
+            except (aiohttp.ClientError, TimeoutError):
+                state["connect_errors"] += 1
+                tried()
+                return
+        sockets.append(response)
+        tried()
+        last = after
+        async for line in response.content:
+            if line.startswith(b"id: "):  # each alert's event: id, then its data line
+                last = record(object_id, int(line[4:]), last)
+        state["closed"] += 1
+
+    hold = hold_sse if sse else hold_ws
+    holders = [asyncio.create_task(hold(sessions[n % len(sessions)], i)) for n, i in enumerate(ids)]
     await all_tried.wait()
     emit("ready", connected=len(sockets), connect_errors=state["connect_errors"])
     while True:
@@ -299,7 +334,10 @@ async def poster_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> di
                 reply = orjson.loads(raw)
         else:
             reply = await post_json(session, "/alert", data)
-        records.append([reply["id"], sent, None if to_all else reply["object_ids"]])
+        # [id, sent, recipients (None: all), answered (the alert has committed by then)]
+        records.append(
+            [reply["id"], sent, None if to_all else reply["object_ids"], time.monotonic()]
+        )
 
     emit("ready")
     await wait_command(commands, "go")

@@ -25,7 +25,7 @@ EMBEDDED_DIR = ROOT / ".pgdata-bench"
 # Run against each `inbox serve --workers W`, in this order.
 SERVICE_SCENARIOS = ("fanout", "objects", "alerts", "storm", "alert_all")
 # Need no service: run once, after the service scenarios.
-STANDALONE_SCENARIOS = ("lock", "scaleout")
+STANDALONE_SCENARIOS = ("lock", "scaleout", "sockets50k")
 SCENARIOS = frozenset(SERVICE_SCENARIOS + STANDALONE_SCENARIOS)
 
 
@@ -48,6 +48,7 @@ class Plan:
     all_objects: int = 100_000
     all_sockets: int = 1_000
     all_repeats: int = 4
+    scale_sockets: int = 50_000  # sockets50k: inbox sockets over 2 workers
     listeners: tuple[int, ...] = (1, 10, 100)
     listen_seconds: float = 3.0
     lock_rounds: int = 3
@@ -72,6 +73,7 @@ class Plan:
             storm_seconds=1.0,
             backlog_repeats=3,
             all_repeats=2,
+            scale_sockets=5_000,
             listen_seconds=1.2,
             lock_rounds=1,
             overload_seconds=3.0,

@@ -9,7 +9,7 @@ from typing import Any
 
 from .auth import Access, access_is_on
 from .config import Config
-from .wire import CLOSE_MEANINGS
+from .wire import CLOSE_MEANINGS, SSE_KEEPALIVE_INTERVAL, SSE_RETRY_MS
 
 DESCRIPTION = """\
 Contacts ("objects") and alerts stored in PostgreSQL; each alert is pushed to the open inbox
@@ -21,16 +21,27 @@ shape, `Error`: `{"error": "<code>", "message": "<text>"}`, plus `fields` for
 sane one) and `X-Inbox-Worker` (the pid of the process that answered).
 """
 
-INBOX_DESCRIPTION = """\
+INBOX_DESCRIPTION = f"""\
 A WebSocket (`GET` with `Upgrade: websocket`). The server sends every alert the object already
 has with an id greater than `after`, oldest first, then each new one as it commits: one JSON
 text frame per alert, shaped as the `AlertFrame` schema, for example
 
-    {"id": 7, "text": "Storm warning", "alert_all": false,
-     "number_of_objects_receiving_alert": 3, "created_at": "2026-11-26T01:17:44.521340+00:00"}
+    {{"id": 7, "text": "Storm warning", "alert_all": false,
+     "number_of_objects_receiving_alert": 3, "created_at": "2026-11-26T01:17:44.521340+00:00"}}
 
 Each alert arrives exactly once and in id order. What the client sends is ignored; the server
-pings every `WS_HEARTBEAT` seconds and closes a peer that misses a pong.
+pings every `WS_HEARTBEAT` seconds and closes a peer that misses a pong. When the object's read
+cursor moves, the server sends `{{"acked_alert_id": N, "unread": M}}` (never an alert: it has no
+`id`).
+
+**Server-Sent Events**: the same `GET` with `Accept: text/event-stream` (and no upgrade)
+answers 200 with a `text/event-stream`: `retry: {SSE_RETRY_MS}` first, then one event per alert
+(`id: <alert id>`, `data: <the same AlertFrame JSON>`), read cursor moves as `event: ack`, and a
+`: keep-alive` comment every {SSE_KEEPALIVE_INTERVAL:.0f} s. It resumes from the `Last-Event-ID`
+header (which wins over `after`), as an `EventSource` does by itself. A stream that falls
+`WS_QUEUE_SIZE` events behind, or whose server shuts down, simply ends: reconnect with
+`Last-Event-ID` and nothing is missed. Every refusal (400, 401, 403, 404, 429, 503) comes
+before the stream starts, as a JSON error body.
 
 Close codes (after any of them, reconnect with `?after=<id of the last frame received>` and
 nothing is missed):

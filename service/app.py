@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import auth, batch, console, errors, handlers, history, logs, metrics, openapi
+from . import auth, batch, console, errors, handlers, history, inbox, logs, metrics, openapi
 from .admission import Admission
 from .config import Config
 from .db import pool_context
@@ -72,7 +72,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/object/{object_id}/ack", history.ack)
     app.router.add_post("/alert", handlers.create_alert)
     app.router.add_get("/alert/{alert_id}", handlers.get_alert)
-    app.router.add_get("/inbox/{object_id}", handlers.inbox)
+    app.router.add_get("/inbox/{object_id}", inbox.inbox)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", metrics.metrics_handler)
@@ -106,5 +106,5 @@ def create_app(config: Config, database_url: str) -> web.Application:
     app.cleanup_ctx.append(listener_context(config.listen_database_url or database_url))
     if app[metrics_key].multiprocess:
         app.cleanup_ctx.append(metrics.sync_context)
-    app.on_shutdown.append(handlers.close_all_inboxes)
+    app.on_shutdown.append(inbox.close_all_inboxes)
     return app

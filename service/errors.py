@@ -32,7 +32,10 @@ class ServiceError(Exception):
 class MalformedRequest(ServiceError):
     status = 400
     code = "malformed_request"
-    meaning = "the body is not JSON or not a JSON object, or not valid for its Content-Encoding"
+    meaning = (
+        "the body is not JSON or not a JSON object, or not valid for its Content-Encoding; or "
+        "the request could not be read as HTTP at all (the connection is closed)"
+    )
 
 
 class UnsupportedMediaType(ServiceError):

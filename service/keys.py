@@ -28,7 +28,7 @@ alert_committer_key: web.AppKey[Committer[NewAlert]] = web.AppKey("alert_committ
 object_committer_key: web.AppKey[Committer[NewObject]] = web.AppKey("object_committer")
 hub_key: web.AppKey[Hub] = web.AppKey("hub")
 listener_key: web.AppKey[Listener] = web.AppKey("listener")
-sockets_key = web.AppKey("sockets", set[web.WebSocketResponse])  # open inbox sockets
+sockets_key = web.AppKey("sockets", set[web.StreamResponse])  # open inbox streams
 metrics_key: web.AppKey[Metrics] = web.AppKey("metrics")  # the app's own Prometheus registry
 # The connection counter of the server running the app (server.py; absent in test servers).
 gate_key: web.AppKey[Gate] = web.AppKey("gate")

@@ -95,6 +95,8 @@ class Listener:
         self.probe_interval = probe_interval
         self._generation = 0
         self.high_water: int | None = None  # last alert id dispatched (or known to be past)
+        # The newest alert id this process has heard of, dispatched or still queued.
+        self.last_seen = 0
         self.reconnects = 0
         self.dispatched = 0
         self.recovered = 0  # alerts delivered by a catch-up rather than by a notification
@@ -113,6 +115,16 @@ class Listener:
     def ready(self) -> bool:
         """LISTEN is active and what was missed while it was not has been delivered."""
         return self._listening.is_set() and self._caught_up.is_set()
+
+    def nothing_after(self, alert_id: int) -> bool:
+        """True when no alert newer than `alert_id` has committed before now, as far as this
+        process can know: LISTEN is up and caught up, and no notification of a newer one came.
+
+        An inbox registered with the hub and resuming after such an id has no backlog: any
+        newer alert committed before it registered has not been heard of yet, so it will be
+        dispatched, with the inbox among its recipients, once its notification comes.
+        """
+        return self.ready and alert_id >= self.last_seen
 
     async def wait_ready(self, timeout: float) -> None:
         async def both() -> None:
@@ -202,6 +214,7 @@ class Listener:
             log.error("ignoring malformed notification %r: %s", str(payload)[:200], exc)
             return
         self.hub.meter.notified(notification.alert_id)
+        self.last_seen = max(self.last_seen, notification.alert_id)
         self._queue.put_nowait(notification)
 
     def _on_ack(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
@@ -282,6 +295,7 @@ class Listener:
             self.hub.publish_ack(state.object_id, state.acked_alert_id, state.unread)
         self._caught_up_acks = {state.object_id: state.acked_alert_id for state in reads}
         self.high_water = max(last, since or 0)
+        self.last_seen = max(self.last_seen, self.high_water)
         if marker.generation == self._generation and self._listening.is_set():
             self._caught_up.set()
 

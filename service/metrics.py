@@ -41,7 +41,7 @@ from .keys import (
     object_committer_key,
     sockets_key,
 )
-from .meter import LATENCY_BUCKETS
+from .meter import BURST_BUCKETS, LATENCY_BUCKETS
 from .wire import STATUS_CLIENT_GONE
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 UNMATCHED = "unmatched"  # one label for every path that matches no route, to bound cardinality
+UNPARSED_METHOD = "UNKNOWN"  # the method label of a request the HTTP parser could not read
 # prometheus_client reads it when it is first imported: `inbox serve --workers W` sets it in
 # the parent before the workers start (cli.py).
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -89,7 +90,7 @@ class Metrics:
         )
         self.open_sockets = Gauge(
             "inbox_open_sockets",
-            "inbox WebSockets open",
+            "inbox WebSockets and SSE streams open",
             multiprocess_mode="livesum",
             registry=registry,
         )
@@ -134,6 +135,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.burst_seconds = Histogram(
+            "inbox_burst_seconds",
+            "from a NOTIFY reaching the process to the last frame of an alert for more open "
+            "inboxes than one slice (500) written (or queued for a backed-up socket)",
+            buckets=BURST_BUCKETS,
+            registry=registry,
+        )
         self.writes_in_flight = Gauge(
             "inbox_writes_in_flight",
             "POST /object and POST /alert requests being handled (at most WRITES_IN_FLIGHT each)",
@@ -159,6 +167,7 @@ class Metrics:
         )
         self._copied: dict[str, float] = {}
         self._copied_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._copied_burst_buckets = [0] * (len(BURST_BUCKETS) + 1)
 
     def _add(self, counter: Counter, key: str, total: float) -> None:
         """Bring `counter` up to `total` (a running count kept elsewhere)."""
@@ -181,6 +190,11 @@ class Metrics:
         if gate is not None:  # counted by the server `inbox serve` runs (server.py)
             self.open_connections.set(gate.open)
             self._add(self.connections_refused, "connections_refused", gate.refused)
+            # Requests its parser refused never reach the middleware: counted as answers to
+            # no route, with aiohttp's placeholder for the method it could not read.
+            for status, count in gate.unparsed.items():
+                answers = self.requests.labels(UNMATCHED, UNPARSED_METHOD, str(status))
+                self._add(answers, f"unparsed {status}", count)
         admission = app.get(admission_key)
         if admission is not None:
             self.writes_in_flight.set(admission.in_flight)
@@ -200,13 +214,19 @@ class Metrics:
             if count > self._copied_buckets[i]:
                 histogram._buckets[i].inc(count - self._copied_buckets[i])
                 self._copied_buckets[i] = count
-        self._add_sum(meter.latency_sum)
+        self._add_sum(histogram, "latency_sum", meter.latency_sum)
+        histogram = self.burst_seconds
+        for i, count in enumerate(meter.burst_counts):
+            if count > self._copied_burst_buckets[i]:
+                histogram._buckets[i].inc(count - self._copied_burst_buckets[i])
+                self._copied_burst_buckets[i] = count
+        self._add_sum(histogram, "burst_sum", meter.burst_sum)
 
-    def _add_sum(self, total: float) -> None:
-        delta = total - self._copied.get("latency_sum", 0.0)
+    def _add_sum(self, histogram: Histogram, key: str, total: float) -> None:
+        delta = total - self._copied.get(key, 0.0)
         if delta > 0:
-            self.notification_latency._sum.inc(delta)
-            self._copied["latency_sum"] = total
+            histogram._sum.inc(delta)
+            self._copied[key] = total
 
     def exposition(self) -> bytes:
         """The Prometheus text of this application, or of every worker (multiprocess)."""
@@ -243,7 +263,11 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     status, websocket = 500, False
     try:
         response = await handler(request)
-        status, websocket = response.status, isinstance(response, web.WebSocketResponse)
+        # An inbox (a WebSocket or an SSE stream) lasts as long as its client: not timed.
+        status = response.status
+        websocket = isinstance(response, web.WebSocketResponse) or (
+            response.content_type == "text/event-stream"
+        )
         return response
     except web.HTTPException as exc:
         status = exc.status

@@ -273,7 +273,7 @@ def build(config: Config) -> dict[str, Any]:
         path="/inbox/{object_id}",
         operations={
             "get": {
-                "summary": "Watch an object's inbox (WebSocket)",
+                "summary": "Watch an object's inbox (WebSocket or Server-Sent Events)",
                 "description": INBOX_DESCRIPTION,
                 "parameters": [
                     _path_id("object_id", "object"),
@@ -284,15 +284,27 @@ def build(config: Config) -> dict[str, Any]:
                         "description": "id of the last alert received; only later ones are sent",
                         "schema": {"type": "integer", "minimum": 0, "default": 0},
                     },
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "SSE only: id of the last event received; wins over after",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
                 ],
                 "responses": {
+                    "200": _plain(
+                        "with Accept: text/event-stream, the inbox as Server-Sent Events",
+                        "text/event-stream",
+                    ),
                     "101": {
                         "description": "switching to the WebSocket protocol; frames are "
                         "`AlertFrame` JSON text",
                         "content": {"application/json": {"schema": schemas.AlertFrame}},
                     },
                     "400": _error(
-                        f"{errors.MalformedRequest.code}: `after` is not an integer >= 0"
+                        f"{errors.MalformedRequest.code}: `after` or `Last-Event-ID` is not "
+                        "an integer >= 0"
                     ),
                     "403": _error(
                         f"{errors.Forbidden.code}: a wrong credential, or an Origin not in "

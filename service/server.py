@@ -20,6 +20,14 @@ many connections a process holds. `serve` (what `inbox serve` runs) changes that
   in a request, an inbox socket). One more is answered 503 `server_busy` and closed at once,
   so a flood cannot exhaust the process's file descriptors; the open-files limit is raised to
   fit at start-up (or the bound lowered to fit it, with a WARNING).
+- A request aiohttp's parser cannot read (a control character in a header, a malformed
+  request line, a line over 8190 bytes, a bad chunk size, an invalid method) never reaches
+  the application: aiohttp answers it from `RequestHandler.handle_error`, in plain text that
+  quotes the offending bytes (a token in the request line included), and logs it at ERROR
+  with a traceback. `Protocol` answers it with the JSON error body instead, echoing nothing
+  the client sent, logs one INFO line (DEBUG for a bad method: scanners, TLS on this port),
+  and counts it on the gate for /metrics. A parser error inside the body of the request a
+  route is handling (a bad chunk size) fails that body at once: the route answers 400.
 """
 
 from __future__ import annotations
@@ -27,15 +35,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
 import resource
+import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiohttp import hdrs, web
+from aiohttp import hdrs, web, web_protocol
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 
 from .config import Config
+from .errors import BY_AIOHTTP_STATUS, MalformedRequest, ServiceError
 from .keys import expects_continue_key, gate_key
+from .logs import REQUEST_ID_HEADER, WORKER_HEADER, redact
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +93,17 @@ def hold_back_continue(handle: RequestHandler) -> RequestHandler:
         if expect is not None:
             headers = request.headers.copy()
             del headers[hdrs.EXPECT]
-            request = request.clone(headers=headers)
+            clone = request.clone(headers=headers)
             # Other expectations are ignored, as RFC 9110 allows.
-            request[expects_continue_key] = expect.strip().lower() == "100-continue"
+            clone[expects_continue_key] = expect.strip().lower() == "100-continue"
+            response = await handle(clone)
+            if not response.prepared:
+                # Prepared here, with the request the application routed: aiohttp would
+                # prepare it with the original, which has no route, and the application's
+                # on_response_prepare (X-Inbox-Worker, X-Request-Id) would not run.
+                with contextlib.suppress(ConnectionError):  # aiohttp finds that out itself
+                    await response.prepare(clone)
+            return response
         return await handle(request)
 
     return handler
@@ -90,12 +113,14 @@ def hold_back_continue(handle: RequestHandler) -> RequestHandler:
 
 
 class Gate:
-    """Counts the open connections of a server and refuses those past `limit`."""
+    """Counts the open connections of a server and refuses those past `limit`; also counts,
+    by status, the requests its parser refused (the application never sees them)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open = 0
         self.refused = 0
+        self.unparsed: Counter[int] = Counter()
 
     def protocols(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for `loop.create_server` around aiohttp's own."""
@@ -148,6 +173,116 @@ class _Refused(asyncio.Protocol):
         transport.close()
 
 
+# -- requests the parser refuses --------------------------------------------------------------
+
+# Where aiohttp's parser messages start quoting what the client sent: `b'...'`, `bytearray(`,
+# a quoted string, the `^` pointing into it. Everything from there on is dropped.
+_QUOTED = re.compile(r"""\s*:?\s*(?:\bb['"]|(?<![A-Za-z])['"]|bytearray\(|\^).*""", re.DOTALL)
+# What is left must read as a plain description; anything else is not repeated at all.
+_PLAIN = re.compile(r"[A-Za-z0-9 ,;:'/()-]{1,120}")
+UNPARSED = "the request could not be read as HTTP"
+
+
+def parser_reason(exc: BaseException | None) -> str:
+    """What aiohttp's parser found wrong, without the bytes it quotes (a request line may
+    carry a token): "Invalid header value char", "Got more than 8190 bytes when reading"."""
+    text = " ".join(getattr(exc, "message", "").split())
+    text = _QUOTED.sub("", text, count=1).rstrip(" :.")
+    return text if _PLAIN.fullmatch(text) and redact(text) == text else ""
+
+
+class Protocol(web_protocol.RequestHandler):
+    """aiohttp's connection protocol, answering what its parser refuses with the JSON error
+    body (the application never sees those requests, so its middlewares cannot)."""
+
+    def __init__(self, manager: Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.gate = manager.gate
+
+    def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        request = self._current_request
+        if request is None or len(self._messages) == queued:
+            return
+        refused, _ = self._messages[-1]
+        if isinstance(refused, web_protocol._ErrInfo) and not request.content.is_eof():
+            # The parser failed inside the body of the request being handled (a bad chunk
+            # size): aiohttp queues its error for after that request and leaves the body
+            # waiting, so a route reading it would answer 408 only after HTTP_BODY_TIMEOUT.
+            # The route gets the 400 now instead, and it is this connection's last answer.
+            reason = parser_reason(refused.exc)
+            error = MalformedRequest(f"{UNPARSED}: {reason}" if reason else UNPARSED)
+            error.headers = {hdrs.CONNECTION: "close"}
+            request.content.set_exception(error)
+            request.content.feed_eof()  # nothing left for aiohttp to drain after the answer
+            self.close()  # the queued error is not answered a second time
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError):  # a handler's own failure (500, 504)
+            super().handle_error(request, status, exc, message)  # logged as aiohttp does
+            return json_error(status, ServiceError.code, ServiceError.meaning)
+        if request.writer.output_size > 0:  # as aiohttp: an answer has begun, cannot replace it
+            raise ConnectionError("Response is sent already, cannot send another response")
+        request_id = uuid.uuid4().hex  # the request's own headers were never read
+        reason = parser_reason(exc)
+        # A bad method is mostly scanners and TLS sent to this port: as aiohttp, kept quiet.
+        level = logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.INFO
+        self.logger.log(
+            level,
+            "Refused a request the HTTP parser could not read from %s: %d (%s)",
+            request.remote,
+            status,
+            reason or type(exc).__name__,
+            extra={"request_id": request_id},
+        )
+        self.gate.unparsed[status] += 1
+        cls = BY_AIOHTTP_STATUS.get(status, MalformedRequest)
+        text = f"{UNPARSED}: {reason}" if reason else UNPARSED
+        return json_error(status, cls.code, text, request_id)
+
+
+def json_error(status: int, code: str, message: str, request_id: str | None = None) -> web.Response:
+    """The standard error body, for an answer made outside the application: it closes the
+    connection, and carries the headers logs.add_response_headers gives the others."""
+    response = web.json_response(
+        {"error": code, "message": message},
+        status=status,
+        dumps=lambda body: orjson.dumps(body).decode(),
+        headers={
+            hdrs.CONNECTION: "close",
+            REQUEST_ID_HEADER: request_id or uuid.uuid4().hex,
+            WORKER_HEADER: str(os.getpid()),
+        },
+    )
+    response.force_close()
+    return response
+
+
+class Server(web.Server):
+    """aiohttp's low-level server making `Protocol`s (its `__call__` makes its own class)."""
+
+    def __init__(self, base: web.Server, gate: Gate) -> None:
+        # The one aiohttp made for the application, its settings (timeouts, LINGER) kept.
+        super().__init__(
+            hold_back_continue(base.request_handler),
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=base._loop,
+            **base._kwargs,
+        )
+        self.gate = gate
+
+    def __call__(self) -> Protocol:
+        return Protocol(self, loop=self._loop, **self._kwargs)
+
+
 # -- the runner and its site ------------------------------------------------------------------
 
 
@@ -160,9 +295,7 @@ class Runner(web.AppRunner):
         app[gate_key] = self.gate  # for /metrics
 
     async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.request_handler = hold_back_continue(server.request_handler)
-        return server
+        return Server(await super()._make_server(), self.gate)
 
 
 class Site(web.BaseSite):

@@ -24,6 +24,11 @@ CLOSE_MEANINGS: dict[int, str] = {
     CLOSE_INTERNAL_ERROR: "internal error",
 }
 
+# Server-Sent Events: how long an EventSource waits before it reconnects (`retry:`), and the
+# seconds between comments on an idle stream (proxies cut streams that stay silent).
+SSE_RETRY_MS = 2000
+SSE_KEEPALIVE_INTERVAL = 15.0
+
 # Logged and counted for a request whose client went away before the answer (nginx's
 # convention); never sent, as nobody is left to receive it.
 STATUS_CLIENT_GONE = 499

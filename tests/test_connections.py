@@ -234,3 +234,20 @@ def test_the_bound_fits_the_open_files_limit() -> None:
     out, err = fit(300, 300)
     assert out == f"{300 - reserve} 300"
     assert "MAX_CONNECTIONS=1000 does not fit the open-files limit (300)" in err
+
+
+async def test_a_request_with_expect_gets_the_response_headers_of_the_others(
+    serve: Serve,
+) -> None:
+    """server.py hands the application a copy of the request without `Expect`; the answer is
+    prepared with that copy, so the application's on_response_prepare still runs."""
+    site = await serve()
+    reader, writer = await connect(site)
+    writer.write(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    answer = (await asyncio.wait_for(reader.read(), 5)).decode()
+    writer.close()
+    assert answer.startswith("HTTP/1.1 200")
+    assert f"\r\nX-Inbox-Worker: {os.getpid()}\r\n" in answer
+    assert "\r\nX-Request-Id: " in answer

@@ -9,6 +9,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.frames import Prepared
 from service.hub import Session
 from service.keys import db_key, hub_key
 
@@ -112,8 +113,8 @@ async def test_clients_dropped_as_slow_are_counted(client: Client) -> None:
     hub = app_of(client)[hub_key]
     session = Session(1, 0, limit=1, on_overflow=lambda _s: None)
     hub.add(session)
-    session.offer(1, "{}")
-    session.offer(2, "{}")  # the backlog is not read yet: one frame over the limit
+    session.offer(Prepared(1, b"{}"))
+    session.offer(Prepared(2, b"{}"))  # the backlog is not read yet: one frame over the limit
     hub.discard(session)
     assert value(await scrape(client), "inbox_clients_dropped_slow_total") == 1
 

@@ -97,7 +97,8 @@ async def test_the_websocket_is_described(client: Client) -> None:
         assert f"| {code} | {CLOSE_MEANINGS[code]} |" in inbox["description"]
     assert "AlertFrame" in inbox["description"]
     assert "101" in inbox["responses"]
-    assert [p["name"] for p in inbox["parameters"]] == ["object_id", "after"]
+    assert [p["name"] for p in inbox["parameters"]] == ["object_id", "after", "Last-Event-ID"]
+    assert "text/event-stream" in inbox["responses"]["200"]["content"]
 
 
 async def test_security_follows_what_each_route_needs(make_client: ClientFactory) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from service.handlers import close_all_inboxes
+from service.inbox import close_all_inboxes
 from service.tail import tail
 
 from .conftest import app_of, create_alert, create_object, eventually

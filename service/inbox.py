@@ -1,0 +1,358 @@
+"""The inbox: `GET /inbox/{object_id}` as a WebSocket or as Server-Sent Events, its session with
+the hub, the backlog, and how a stream ends.
+
+Both kinds share everything but the encoding of a frame: the checks before any stream starts
+(each refusal is the standard JSON error body), a session registered with the hub *before* the
+backlog is read, so an alert committing meanwhile is held back and de-duplicated rather than
+missed (see hub.py), and `registered`, which pairs that registration with its removal.
+
+A WebSocket costs one task, its handler, which reads what the client sends
+(`read_client_messages`, the one place that decides what a client may send); the backlog has a
+task of its own only while it is being sent. An SSE stream's handler sends the backlog itself,
+then only wakes for keep-alive comments. Live frames are written by the hub (hub.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from aiohttp import WSMsgType, hdrs, web
+
+from . import auth, schemas
+from .db import Database
+from .errors import (
+    DatabaseUnavailable,
+    MalformedRequest,
+    NotFound,
+    TooManySockets,
+    TooManySocketsForObject,
+)
+from .frames import SSE_KEEPALIVE, Prepared, http_chunk
+from .handlers import path_id
+from .hub import Session
+from .keys import config_key, db_key, hub_key, listener_key, sockets_key
+from .listener import Listener
+from .wire import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_TOO_SLOW,
+    CLOSE_TRY_AGAIN,
+    SSE_KEEPALIVE_INTERVAL,
+    SSE_RETRY_MS,
+)
+
+log = logging.getLogger(__name__)
+
+BACKLOG_PAGE = 1000
+CLOSE_TIMEOUT = 2.0
+MAX_CLIENT_MESSAGE = 4096  # a larger client frame closes the socket with 1009
+
+
+# -- before any stream starts ----------------------------------------------------------------
+
+
+def _alert_id(raw: str, name: str) -> int:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) > schemas.MAX_ID:
+        raise MalformedRequest(
+            f"{name} must be the id of the last alert received (an integer >= 0)"
+        )
+    return int(raw)
+
+
+def parse_after(request: web.Request) -> int:
+    return _alert_id(request.query.get("after", "0"), "after")
+
+
+def parse_resume_point(request: web.Request) -> int:
+    """SSE: `Last-Event-ID` (what an EventSource sends when it reconnects) wins over `?after=`,
+    which stays in the URL the EventSource was first opened with."""
+    after = parse_after(request)
+    last_event_id = request.headers.get("Last-Event-ID")
+    if last_event_id is None:
+        return after
+    return _alert_id(last_event_id, "Last-Event-ID")
+
+
+def wants_event_stream(request: web.Request) -> bool:
+    """A WebSocket upgrade is a WebSocket whatever it accepts; otherwise SSE when asked for."""
+    if "websocket" in request.headers.get(hdrs.UPGRADE, "").lower():
+        return False
+    return "text/event-stream" in request.headers.get(hdrs.ACCEPT, "")
+
+
+def check_socket_limits(request: web.Request, object_id: int) -> None:
+    """Refuse before the stream starts: 429 for one object's too many, 503 when full."""
+    config = request.app[config_key]
+    if request.app[hub_key].count_for(object_id) >= config.ws_max_per_object:
+        raise TooManySocketsForObject(
+            f"object {object_id} has {config.ws_max_per_object} open inbox sockets already"
+        )
+    if len(request.app[sockets_key]) >= config.ws_max_per_process:
+        raise TooManySockets("this server has no room for another socket; retry shortly")
+
+
+@asynccontextmanager
+async def registered(
+    request: web.Request, session: Session, stream: web.StreamResponse
+) -> AsyncIterator[Session]:
+    """The session is in the hub (and counted against the limits) exactly while this is open.
+
+    The limits are checked and the stream counted with no await in between, so a burst of
+    connects cannot all slip past the same check.
+    """
+    hub, streams = request.app[hub_key], request.app[sockets_key]
+    check_socket_limits(request, session.object_id)
+    streams.add(stream)
+    hub.add(session)
+    try:
+        yield session
+    finally:
+        hub.discard(session)
+        streams.discard(stream)
+        session.detach()
+
+
+async def inbox(request: web.Request) -> web.StreamResponse:
+    """`GET /inbox/{object_id}`: a WebSocket upgrade, or SSE with `Accept: text/event-stream`."""
+    object_id = path_id(request, "object_id")
+    sse = wants_event_stream(request)
+    after = parse_resume_point(request) if sse else parse_after(request)
+    auth.check_origin(request)
+    auth.check_object_access(request, object_id)  # the middleware made it already; kept here
+    if not await request.app[db_key].object_exists(object_id):
+        raise NotFound(f"no object with id {object_id}")
+    if sse:
+        return await event_stream(request, object_id, after)
+    return await websocket(request, object_id, after)
+
+
+# -- the backlog -----------------------------------------------------------------------------
+
+
+async def send_backlog(session: Session, db: Database, listener: Listener) -> None:
+    """Everything after the session's resume point, oldest first, then live frames.
+
+    A page is at most the session's bound, and the next is read only once the last is written
+    out, so a client that reads is never dropped for the size of its backlog. A client already
+    up to date (nothing newer has been heard of since it registered) costs no query at all.
+    """
+    page_size = min(BACKLOG_PAGE, session.limit)
+    last = session.last_id
+    while not listener.nothing_after(last):
+        # Shielded: a stream closed mid-backlog cancels this task, and a query cancelled
+        # between asyncpg's prepare (Parse/Describe/Flush) and its execution leaves the
+        # server waiting for a Sync inside an open transaction, holding its table locks
+        # (a TRUNCATE or ALTER would then wait forever). The page is read to the end.
+        page = await asyncio.shield(db.inbox_page(session.object_id, last, page_size))
+        for alert_id, payload in page:
+            session.send_backlog(alert_id, payload)
+            last = alert_id
+        await session.flushed()
+        if session.overflowed or session.transport is None:
+            return
+        if len(page) < page_size:
+            break
+    session.start_live(last)
+
+
+# -- WebSocket -------------------------------------------------------------------------------
+
+
+class SocketSession(Session):
+    __slots__ = ("ws",)
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        object_id: int,
+        after: int,
+        limit: int,
+        on_overflow: Callable[[Session], None],
+    ) -> None:
+        super().__init__(object_id, after, limit, on_overflow)
+        self.ws = ws
+
+    def is_open(self) -> bool:
+        # aiohttp marks the socket closed before it writes its close frame.
+        return not self.ws.closed
+
+    async def going_away(self) -> None:
+        if self.ws.prepared:  # one still in its handshake is cancelled with its handler
+            await self.ws.close(code=CLOSE_GOING_AWAY, message=b"server shutdown")
+
+
+async def websocket(request: web.Request, object_id: int, after: int) -> web.WebSocketResponse:
+    config, db = request.app[config_key], request.app[db_key]
+    # No per-message deflate: a compressed frame differs per socket, and frames are small.
+    ws = web.WebSocketResponse(
+        heartbeat=config.ws_heartbeat, max_msg_size=MAX_CLIENT_MESSAGE, compress=False
+    )
+    closing: list[asyncio.Task[None]] = []
+    backlog: asyncio.Task[None] | None = None
+    message = b"too slow: reconnect with ?after=<last id>"
+
+    def drop_slow(session: Session) -> None:
+        log.info("inbox %s: client too slow, closing with %s", object_id, CLOSE_TOO_SLOW)
+        request.app[hub_key].discard(session)  # no more frames, whatever its close handshake takes
+        if backlog is not None:
+            backlog.cancel()
+        if ws.prepared:  # else it fell behind during its own handshake: see below
+            closing.append(asyncio.create_task(close(ws, request, CLOSE_TOO_SLOW, message)))
+
+    session = SocketSession(ws, object_id, after, config.ws_queue_size, drop_slow)
+    try:
+        async with registered(request, session, ws):  # before the backlog is read: see hub.py
+            writer = await ws.prepare(request)
+            assert request.transport is not None
+            session.attach(request.transport, writer.drain)
+            if session.overflowed:
+                closing.append(asyncio.create_task(close(ws, request, CLOSE_TOO_SLOW, message)))
+            else:
+                backlog = asyncio.create_task(send_socket_backlog(ws, request, session, db))
+            try:
+                await read_client_messages(ws, session)
+            finally:
+                if backlog is not None:
+                    backlog.cancel()
+                await asyncio.gather(*(t for t in (backlog, *closing) if t), return_exceptions=True)
+    finally:
+        if ws.prepared and not ws.closed:
+            # The peer vanished without a close frame (the handler is cancelled then): closing
+            # stops the heartbeat, whose timer would otherwise hold the socket, its request and
+            # buffers for up to 1.5 x WS_HEARTBEAT after the client is gone.
+            await close(ws, request, CLOSE_GOING_AWAY, b"")
+    return ws
+
+
+async def read_client_messages(ws: web.WebSocketResponse, session: Session) -> None:
+    """Read what the client sends until the socket closes.
+
+    Reading is what processes pongs and the close handshake. The inbox is one-way today: text
+    and binary messages are ignored (a frame over 4 KiB has already closed the socket, 1009).
+    """
+    async for msg in ws:
+        if msg.type == WSMsgType.ERROR:
+            break
+
+
+async def send_socket_backlog(
+    ws: web.WebSocketResponse, request: web.Request, session: Session, db: Database
+) -> None:
+    try:
+        await send_backlog(session, db, request.app[listener_key])
+    except ConnectionError:
+        pass  # the peer is gone; the reading side sees it too and ends the session
+    except DatabaseUnavailable:
+        await close(ws, request, CLOSE_TRY_AGAIN, b"database unavailable: reconnect")
+    except Exception:
+        log.exception("inbox %s: sending the backlog failed", session.object_id)
+        await close(ws, request, CLOSE_INTERNAL_ERROR, b"internal error")
+
+
+async def close(ws: web.WebSocketResponse, request: web.Request, code: int, message: bytes) -> None:
+    """Close with `code`; a peer that does not take the close frame in time is cut off."""
+    try:
+        await asyncio.wait_for(ws.close(code=code, message=message), CLOSE_TIMEOUT)
+    except (TimeoutError, ConnectionError):
+        if request.transport is not None:
+            request.transport.abort()
+
+
+# -- Server-Sent Events ----------------------------------------------------------------------
+
+
+class EventStreamSession(Session):
+    """An SSE stream: frames are events, carried as HTTP/1.1 chunks (or bare on HTTP/1.0,
+    whose body ends when the connection closes)."""
+
+    __slots__ = ("chunked", "ended")
+
+    def __init__(
+        self,
+        object_id: int,
+        after: int,
+        limit: int,
+        on_overflow: Callable[[Session], None],
+        *,
+        chunked: bool,
+    ) -> None:
+        super().__init__(object_id, after, limit, on_overflow)
+        self.chunked = chunked
+        self.ended = asyncio.get_running_loop().create_future()
+
+    def encode(self, prepared: Prepared) -> bytes:
+        return prepared.sse_chunk if self.chunked else prepared.sse
+
+    def end(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    async def going_away(self) -> None:
+        self.end()
+
+    def gone(self) -> None:
+        self.end()
+
+
+async def event_stream(request: web.Request, object_id: int, after: int) -> web.StreamResponse:
+    config, db = request.app[config_key], request.app[db_key]
+    chunked = request.version >= (1, 1)
+    response = web.StreamResponse(
+        headers={
+            hdrs.CONTENT_TYPE: "text/event-stream; charset=utf-8",
+            hdrs.CACHE_CONTROL: "no-cache",
+            "X-Accel-Buffering": "no",  # nginx: pass each event on at once
+        }
+    )
+    if chunked:
+        response.enable_chunked_encoding()
+
+    def drop_slow(session: Session) -> None:
+        log.info("inbox %s: SSE client too slow, ending its stream", object_id)
+        request.app[hub_key].discard(session)
+        assert isinstance(session, EventStreamSession)
+        session.end()
+
+    session = EventStreamSession(object_id, after, config.ws_queue_size, drop_slow, chunked=chunked)
+    async with registered(request, session, response):  # before the backlog: see hub.py
+        writer = await response.prepare(request)
+        assert writer is not None
+        # The headers and `retry:` leave together; from here on frames go to the transport.
+        await response.write(b"retry: %d\n\n" % SSE_RETRY_MS)
+        transport = request.transport
+        if transport is None:
+            return response
+        session.attach(transport, writer.drain)
+        keepalive = http_chunk(SSE_KEEPALIVE) if chunked else SSE_KEEPALIVE
+        try:
+            await send_backlog(session, db, request.app[listener_key])
+            while not session.ended.done():
+                await asyncio.wait({session.ended}, timeout=SSE_KEEPALIVE_INTERVAL)
+                if session.ended.done():
+                    break
+                if session.transport is None or transport.is_closing():
+                    break  # the client is gone: nothing tells an SSE handler but a write
+                session.send(0, keepalive)
+        except (ConnectionError, DatabaseUnavailable) as exc:
+            log.info("inbox %s: SSE stream ends: %s", object_id, type(exc).__name__)
+    if not transport.is_closing():
+        try:
+            await asyncio.wait_for(response.write_eof(), CLOSE_TIMEOUT)
+        except (TimeoutError, ConnectionError):
+            transport.abort()
+    return response
+
+
+# -- shutdown --------------------------------------------------------------------------------
+
+
+async def close_all_inboxes(app: web.Application) -> None:
+    """on_shutdown: tell every open stream that the server is going away (WebSocket: 1001)."""
+    hub = app[hub_key]
+    await hub.stop()
+    closers = [asyncio.ensure_future(session.going_away()) for session in hub.sessions()]
+    if closers:
+        await asyncio.wait(closers, timeout=CLOSE_TIMEOUT)
