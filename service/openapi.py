@@ -277,13 +277,7 @@ def build(config: Config) -> dict[str, Any]:
                 "description": INBOX_DESCRIPTION,
                 "parameters": [
                     _path_id("object_id", "object"),
-                    {
-                        "name": "after",
-                        "in": "query",
-                        "required": False,
-                        "description": "id of the last alert received; only later ones are sent",
-                        "schema": {"type": "integer", "minimum": 0, "default": 0},
-                    },
+                    AFTER_PARAMETER,
                     {
                         "name": "Last-Event-ID",
                         "in": "header",

@@ -198,4 +198,4 @@ async def test_unread_counts_and_acks_across_tabs_with_access_control_on(
             await browser.close()
 
 
-TAB_A_TRANSPORT = "websocket"
+TAB_A_TRANSPORT = "eventsource"  # tab B uses a WebSocket: both kinds of inbox view

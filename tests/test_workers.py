@@ -204,8 +204,9 @@ async def test_one_scrape_reports_every_worker(served: tuple[str, Path]) -> None
 
 @pytest.mark.slow
 async def test_an_ack_reaches_sockets_on_every_worker(served: tuple[str, Path]) -> None:
-    """Acks posted through either process: every socket of the object on both processes is
-    told (the other process hears it on its own LISTEN connection), with `unread` right."""
+    """Acks posted through either process, then one sent on a socket: every socket of the object
+    on both processes is told (the other process hears it on its own LISTEN connection), with
+    `unread` right."""
     base, _ = served
     async with fresh_connections() as http:
         async with http.post(
@@ -245,9 +246,13 @@ async def test_an_ack_reaches_sockets_on_every_worker(served: tuple[str, Path]) 
                     }
                 told = await asyncio.gather(*(ws.receive_json(timeout=10) for _, ws in sockets))
                 assert told == [{"acked_alert_id": alert_id, "unread": len(unread)}] * len(sockets)
+            # And from a socket, on the process that holds it: the others hear it too.
+            await sockets[0][1].send_json({"ack": ids[2]})
+            told = await asyncio.gather(*(ws.receive_json(timeout=10) for _, ws in sockets))
+            assert told == [{"acked_alert_id": ids[2], "unread": 0}] * len(sockets)
             async with http.get(f"{base}/object/{object_id}") as response:
                 body = await response.json()
-            assert (body["acked_alert_id"], body["unread"]) == (ids[1], 1)
+            assert (body["acked_alert_id"], body["unread"]) == (ids[2], 0)
         finally:
             for _, ws in sockets:
                 await ws.close()
