@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -37,8 +36,6 @@ import orjson
 
 from .frames import Prepared
 from .meter import Meter
-
-log = logging.getLogger(__name__)
 
 # Unsent bytes a transport may hold before its stream counts as backed up and frames queue.
 # Set as both of the transport's write-buffer marks, so "above it" and "paused" are one state
@@ -49,7 +46,6 @@ SLICE = 500
 
 UNMETERED = Meter()  # counts of sessions in no hub (tests)
 
-Frame = tuple[int, bytes]  # (alert id, the UTF-8 JSON text of one alert)
 Drain = Callable[[], Awaitable[None]]
 
 
