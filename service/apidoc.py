@@ -29,10 +29,13 @@ text frame per alert, shaped as the `AlertFrame` schema, for example
     {{"id": 7, "text": "Storm warning", "alert_all": false,
      "number_of_objects_receiving_alert": 3, "created_at": "2026-11-26T01:17:44.521340+00:00"}}
 
-Each alert arrives exactly once and in id order. What the client sends is ignored; the server
-pings every `WS_HEARTBEAT` seconds and closes a peer that misses a pong. When the object's read
-cursor moves, the server sends `{{"acked_alert_id": N, "unread": M}}` (never an alert: it has no
-`id`).
+Each alert arrives exactly once and in id order; `after=acked` starts after the object's read
+cursor (the backlog is then its unread alerts). The server pings every `WS_HEARTBEAT` seconds
+and closes a peer that misses a pong. When the object's read cursor moves, the server sends
+`{{"acked_alert_id": N, "unread": M}}` (`AckFrame`; never an alert: it has no `id`). The one
+message a client may send is `{{"ack": N}}`, which moves the cursor like
+`POST /object/{{object_id}}/ack` (a refused one is answered with an `Error` frame and the
+socket stays open); every other message is ignored.
 
 **Server-Sent Events**: the same `GET` with `Accept: text/event-stream` (and no upgrade)
 answers 200 with a `text/event-stream`: `retry: {SSE_RETRY_MS}` first, then one event per alert

@@ -30,7 +30,8 @@ def parse_after(request: web.Request) -> int | None:
     raw = request.query.get("after", "0")
     if raw == AFTER_ACKED:
         return None
-    if not raw.isascii() or not raw.isdigit() or int(raw) > schemas.MAX_ID:
+    # The length check first: int() refuses strings of more than 4300 digits with ValueError.
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) > schemas.MAX_ID:
         raise MalformedRequest(
             "after must be the id of the last alert received (an integer >= 0) or 'acked'"
         )
@@ -49,7 +50,12 @@ async def resolve_after(db: Database, object_id: int, after: int | None) -> int:
 
 def parse_limit(request: web.Request) -> int:
     raw = request.query.get("limit", str(HISTORY_DEFAULT_LIMIT))
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= HISTORY_MAX_LIMIT:
+    if (
+        not raw.isascii()
+        or not raw.isdigit()
+        or len(raw) > 19  # before int(): it refuses more than 4300 digits
+        or not 1 <= int(raw) <= HISTORY_MAX_LIMIT
+    ):
         raise MalformedRequest(f"limit must be an integer from 1 to {HISTORY_MAX_LIMIT}")
     return int(raw)
 

@@ -310,6 +310,8 @@ class Hub:
         """
         payload = orjson.dumps({"acked_alert_id": acked_alert_id, "unread": unread})
         prepared = Prepared(0, payload, event=b"ack")
+        if self._bursts:  # its count includes alerts still being written: they go first
+            self._write_bursts_ahead([object_id])
         for session in tuple(self._by_object.get(object_id, ())):
             session.offer(prepared)
 

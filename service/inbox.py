@@ -19,18 +19,20 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import orjson
 from aiohttp import WSMsgType, hdrs, web
 
-from . import auth, schemas
+from . import auth, history, schemas
 from .db import Database
 from .errors import (
     DatabaseUnavailable,
     MalformedRequest,
     NotFound,
+    ServiceError,
     TooManySockets,
     TooManySocketsForObject,
 )
-from .frames import SSE_KEEPALIVE, Prepared, http_chunk
+from .frames import SSE_KEEPALIVE, Prepared, http_chunk, ws_text_frame
 from .handlers import path_id
 from .hub import Session
 from .keys import config_key, db_key, hub_key, listener_key, sockets_key
@@ -62,11 +64,12 @@ def _alert_id(raw: str, name: str) -> int:
     return int(raw)
 
 
-def parse_after(request: web.Request) -> int:
-    return _alert_id(request.query.get("after", "0"), "after")
+def parse_after(request: web.Request) -> int | None:
+    """`?after=`: an alert id, or None for `acked` (after the object's read cursor)."""
+    return history.parse_after(request)
 
 
-def parse_resume_point(request: web.Request) -> int:
+def parse_resume_point(request: web.Request) -> int | None:
     """SSE: `Last-Event-ID` (what an EventSource sends when it reconnects) wins over `?after=`,
     which stays in the URL the EventSource was first opened with."""
     after = parse_after(request)
@@ -122,7 +125,10 @@ async def inbox(request: web.Request) -> web.StreamResponse:
     after = parse_resume_point(request) if sse else parse_after(request)
     auth.check_origin(request)
     auth.check_object_access(request, object_id)  # the middleware made it already; kept here
-    if not await request.app[db_key].object_exists(object_id):
+    db = request.app[db_key]
+    if after is None:
+        after = await history.resolve_after(db, object_id, None)  # 404 for no such object
+    elif not await db.object_exists(object_id):
         raise NotFound(f"no object with id {object_id}")
     if sse:
         return await event_stream(request, object_id, after)
@@ -213,7 +219,7 @@ async def websocket(request: web.Request, object_id: int, after: int) -> web.Web
             else:
                 backlog = asyncio.create_task(send_socket_backlog(ws, request, session, db))
             try:
-                await read_client_messages(ws, session)
+                await read_client_messages(ws, session, db)
             finally:
                 if backlog is not None:
                     backlog.cancel()
@@ -227,15 +233,39 @@ async def websocket(request: web.Request, object_id: int, after: int) -> web.Web
     return ws
 
 
-async def read_client_messages(ws: web.WebSocketResponse, session: Session) -> None:
+async def read_client_messages(ws: web.WebSocketResponse, session: Session, db: Database) -> None:
     """Read what the client sends until the socket closes.
 
-    Reading is what processes pongs and the close handshake. The inbox is one-way today: text
-    and binary messages are ignored (a frame over 4 KiB has already closed the socket, 1009).
+    Reading is what processes pongs and the close handshake. The one message a client may send
+    is an ack, `{"ack": N}`: the object's read cursor moves as with POST /object/{id}/ack, and
+    every inbox of the object, this one included, is told through the database like any other
+    ack. An ack that is refused is answered with an error frame (the standard error body) and
+    the socket stays open. Every other message is ignored, as it always was (a frame over 4 KiB
+    has already closed the socket, 1009). Acks are handled one at a time, in order.
     """
     async for msg in ws:
         if msg.type == WSMsgType.ERROR:
             break
+        if msg.type == WSMsgType.TEXT:
+            error = await client_ack(session.object_id, msg.data, db)
+            if error is not None:
+                session.send(0, ws_text_frame(orjson.dumps(error, option=orjson.OPT_NON_STR_KEYS)))
+
+
+async def client_ack(object_id: int, text: str, db: Database) -> dict[str, object] | None:
+    """Apply `{"ack": N}`: the error body to answer with, or None (applied, or not an ack)."""
+    try:
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(message, dict) or "ack" not in message:
+        return None
+    try:
+        alert_id = schemas.load(schemas.CLIENT_ACK_SCHEMA, message)["ack"]
+        await db.ack(object_id, alert_id)
+    except ServiceError as exc:
+        return exc.body()
+    return None
 
 
 async def send_socket_backlog(

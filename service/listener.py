@@ -6,12 +6,21 @@ Two tasks:
 - the dispatcher takes notifications off a queue in arrival order (= commit order = id order),
   reads the frames of a batch in one query, and publishes them to the hub.
 
+Read-cursor moves arrive on channel `acks` on the same connection, so they keep their commit
+order relative to alerts: each is handed to the hub (`publish_ack`) after every alert that
+committed before it and before every alert that committed after it, which is what makes its
+`unread` count right at that point of each stream (migration 0004).
+
 No alert is lost across a lost connection: each (re)connect queues a catch-up *before* it
 issues LISTEN, and the dispatcher runs it only once LISTEN is active, with a fresh snapshot:
 everything committed after the last alert dispatched (`high_water`) is read from the tables;
 everything committing later arrives as a notification. Overlap is dropped by id (`high_water`
 here, each session's `last_id` in the hub). If the dispatcher itself fails (say the pool is
 down), it drops its queue and forces a reconnect, whose catch-up covers what was dropped.
+Acks missed meanwhile are not replayed one by one: the catch-up reads, in its snapshot, the
+cursor and unread count of every connected object whose cursor ever moved, and tells its
+inboxes once. An ack notification that committed before that snapshot (a cursor no higher than
+the one just told) is then dropped, so a stale count never follows a fresh one.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from .keys import config_key, db_key, hub_key, listener_key
 log = logging.getLogger(__name__)
 
 CHANNEL = "alerts"
+ACK_CHANNEL = "acks"
 # A failed dispatch is recovered by reconnecting and catching up from the tables.
 # The db layer reports a lost pool connection as DatabaseUnavailable: without it here, the
 # first failed catch-up killed the dispatcher and every later alert went undelivered.
@@ -50,6 +60,13 @@ BATCH = 256  # notifications resolved per query; below WS_QUEUE_SIZE so a burst 
 class Notification:
     alert_id: int
     object_ids: list[int] | None  # None: too many to list in the payload, look them up
+
+
+@dataclass(frozen=True, slots=True)
+class AckNotification:
+    object_id: int
+    acked_alert_id: int
+    unread: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +100,9 @@ class Listener:
         self.reconnects = 0
         self.dispatched = 0
         self.recovered = 0  # alerts delivered by a catch-up rather than by a notification
-        self._queue: asyncio.Queue[Notification | _CatchUp] = asyncio.Queue()
+        self._queue: asyncio.Queue[Notification | AckNotification | _CatchUp] = asyncio.Queue()
+        # Cursors told by the last catch-up: an ack notification not above one is older.
+        self._caught_up_acks: dict[int, int] = {}
         self._listening = asyncio.Event()
         self._caught_up = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
@@ -159,8 +178,9 @@ class Listener:
         # Queued before LISTEN: no notification received on this connection can overtake it.
         self._queue.put_nowait(_CatchUp(self._generation))
         await conn.add_listener(CHANNEL, self._on_notification)
+        await conn.add_listener(ACK_CHANNEL, self._on_ack)
         self._listening.set()
-        log.info("listening on channel %r", CHANNEL)
+        log.info("listening on channels %r and %r", CHANNEL, ACK_CHANNEL)
         while not lost.is_set():
             # A connection can also die silently (a dropped network path sends no reset):
             # probe it now and then, and treat a probe that fails or hangs as a lost connection.
@@ -197,6 +217,18 @@ class Listener:
         self.last_seen = max(self.last_seen, notification.alert_id)
         self._queue.put_nowait(notification)
 
+    def _on_ack(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        try:
+            assert isinstance(payload, str)
+            data = orjson.loads(payload)
+            note = AckNotification(
+                int(data["object_id"]), int(data["acked_alert_id"]), int(data["unread"])
+            )
+        except (AssertionError, ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring malformed ack notification %r: %s", str(payload)[:200], exc)
+            return
+        self._queue.put_nowait(note)
+
     # -- dispatch ---------------------------------------------------------------------------
 
     async def _dispatch_forever(self) -> None:
@@ -206,6 +238,9 @@ class Listener:
                 if isinstance(first, _CatchUp):
                     await self._catch_up(first)
                     continue
+                if isinstance(first, AckNotification):
+                    self._publish_ack(first)
+                    continue
                 batch = [first]
                 while len(batch) < BATCH and not self._queue.empty():
                     item = self._queue.get_nowait()
@@ -213,6 +248,12 @@ class Listener:
                         await self._dispatch(batch)
                         batch = []
                         await self._catch_up(item)
+                        break
+                    if isinstance(item, AckNotification):
+                        # In commit order: the alerts before it first.
+                        await self._dispatch(batch)
+                        batch = []
+                        self._publish_ack(item)
                         break
                     batch.append(item)
                 if batch:
@@ -241,17 +282,27 @@ class Listener:
             since_objects: list[int] = []
         else:
             since_objects = self.hub.connected_objects()
-        last, rows, _reads = await self.db.catch_up(since or 0, since_objects)
+        last, rows, reads = await self.db.catch_up(since or 0, since_objects)
         for alert_id, frame, object_ids in rows:
             self.hub.publish(alert_id, frame, object_ids)
             self.dispatched += 1
             self.recovered += 1
         if rows:
             log.info("caught up %d alert(s) after id %s", len(rows), since)
+        # Acks missed while not listening: where each cursor stands now, told once (it may
+        # not have moved: the frame is a state, so telling it again is harmless).
+        for state in reads:
+            self.hub.publish_ack(state.object_id, state.acked_alert_id, state.unread)
+        self._caught_up_acks = {state.object_id: state.acked_alert_id for state in reads}
         self.high_water = max(last, since or 0)
         self.last_seen = max(self.last_seen, self.high_water)
         if marker.generation == self._generation and self._listening.is_set():
             self._caught_up.set()
+
+    def _publish_ack(self, note: AckNotification) -> None:
+        if note.acked_alert_id <= self._caught_up_acks.get(note.object_id, 0):
+            return  # committed before the last catch-up's snapshot, which told a newer state
+        self.hub.publish_ack(note.object_id, note.acked_alert_id, note.unread)
 
     async def _dispatch(self, batch: list[Notification]) -> None:
         high_water = self.high_water or 0

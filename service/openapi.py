@@ -212,17 +212,11 @@ def build(config: Config) -> dict[str, Any]:
             "post": {
                 "summary": "Mark every alert of the object up to `alert_id` as read",
                 "description": ACK_DESCRIPTION,
-                "parameters": [_path_id("object_id", "object")],
+                "parameters": [_path_id("object_id", "object"), CONTENT_ENCODING],
                 "requestBody": _body(schemas.ACK_SCHEMA),
                 "responses": {
                     "200": _json("the read cursor as it stands now", schemas.AckOut),
-                    **_errors(
-                        "MalformedRequest",
-                        "NotFound",
-                        "PayloadTooLarge",
-                        "UnsupportedMediaType",
-                        "DatabaseUnavailable",
-                    ),
+                    **_errors("NotFound", *WRITE_ERRORS),
                     "422": _error(
                         "validation_failed: `alert_id` is missing, not an id, or not an alert "
                         "of this object (`fields.alert_id` says which)"
@@ -283,13 +277,7 @@ def build(config: Config) -> dict[str, Any]:
                 "description": INBOX_DESCRIPTION,
                 "parameters": [
                     _path_id("object_id", "object"),
-                    {
-                        "name": "after",
-                        "in": "query",
-                        "required": False,
-                        "description": "id of the last alert received; only later ones are sent",
-                        "schema": {"type": "integer", "minimum": 0, "default": 0},
-                    },
+                    AFTER_PARAMETER,
                     {
                         "name": "Last-Event-ID",
                         "in": "header",

@@ -168,6 +168,22 @@ class AckCreate(Schema):
 ACK_SCHEMA = AckCreate()
 
 
+class ClientAck(Schema):
+    """`{"ack": N}`, sent by a client on its inbox WebSocket: the same as POST .../ack."""
+
+    class Meta:
+        unknown = RAISE
+
+    ack = fields.Integer(
+        strict=True,
+        required=True,
+        validate=validate.Range(min=1, max=MAX_ID, error="Must be an id between 1 and 2^63-1."),
+    )
+
+
+CLIENT_ACK_SCHEMA = ClientAck()
+
+
 @functools.cache
 def object_schema(config: Config) -> ObjectCreate:
     """One schema instance per configuration: building one per request is wasted work."""

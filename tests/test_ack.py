@@ -4,15 +4,20 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import random
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
 from .conftest import ClientFactory, create_alert, create_object
+from .served import Serve, serve
+
+__all__ = ["serve"]  # the fixture
 
 Client = TestClient[Any, Any]
 QUIET = 0.3
@@ -215,3 +220,30 @@ async def test_unread_in_the_notification_counts_exactly_what_committed_before_i
         ("alerts", {"alert_id": late["id"], "object_ids": [obj["id"]]}),
         ("acks", {"object_id": obj["id"], "acked_alert_id": first["id"], "unread": 1}),
     ]
+
+
+async def test_a_gzip_ack_body_is_read_like_any_other(serve: Serve, db: asyncpg.Connection) -> None:
+    """On the server `inbox serve` runs: the ack reads its body like the writes do."""
+    base = f"http://127.0.0.1:{(await serve()).port}"
+    json_body = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/object", json=OBJECT) as response:
+            object_id = (await response.json())["id"]
+        body = {"text": "x", "object_ids": [object_id]}
+        async with http.post(f"{base}/alert", json=body) as response:
+            alert_id = (await response.json())["id"]
+        for data, status in (
+            (gzip.compress(json.dumps({"alert_id": alert_id}).encode()), 200),
+            (b"\x1f\x8bnot gzip", 400),
+        ):
+            async with http.post(
+                f"{base}/object/{object_id}/ack",
+                data=data,
+                headers={**json_body, "Content-Encoding": "gzip"},
+                compress=None,
+            ) as response:
+                assert response.status == status, await response.text()
+    assert await db.fetchval("SELECT acked_alert_id FROM objects") == alert_id
+
+
+OBJECT = {"email": "bob@example.com", "phone_number": "212-555-1234"}

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from .conftest import ClientFactory
+
 Client = TestClient[Any, Any]
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -109,3 +111,91 @@ async def test_the_console_in_a_real_browser(client: Client) -> None:
             assert page_errors == []
         finally:
             await browser.close()
+
+
+KEY = "console-key"
+SECRET = "c" * 32
+
+
+@pytest.mark.slow
+async def test_unread_counts_and_acks_across_tabs_with_access_control_on(
+    make_client: ClientFactory,
+) -> None:
+    """Tab A holds the API key and creates the object in the page; tab B, a device without the
+    key, opens the same inbox with the pasted token. An alert posted through the API shows as
+    unread in both; marking it read in tab A clears tab B's count."""
+    async_api = pytest.importorskip(
+        "playwright.async_api",
+        reason="playwright is not installed (pip install -e '.[console-test]')",
+    )
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    client = await make_client(API_KEYS=KEY, INBOX_SECRET=SECRET)
+    key = {"Authorization": f"Bearer {KEY}"}
+    expect = async_api.expect
+    async with async_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page_errors: list[str] = []
+            tab_a, tab_b = await browser.new_page(), await browser.new_page()
+            for tab in (tab_a, tab_b):
+                tab.on("pageerror", lambda error: page_errors.append(str(error)))
+                await tab.goto(str(client.make_url("/")))
+
+            # Without the key, the page says why it cannot write.
+            await tab_b.click("#create-object")
+            await expect(tab_b.locator("#error")).to_contain_text("401 unauthorized")
+
+            await tab_a.fill("#api-key", KEY)
+            await tab_a.click("#save-key")
+            await expect(tab_a.locator("#key-state")).to_contain_text("an API key is set")
+            await tab_a.click("#create-object")
+            rows = tab_a.locator("#objects tbody tr")
+            await expect(rows).to_have_count(1)
+            object_id = await rows.first.get_attribute("data-object-id")
+            assert object_id
+            token = (await (await client.get(f"/object/{object_id}", headers=key)).json())[
+                "inbox_token"
+            ]
+
+            await tab_a.fill("#inbox-id", object_id)
+            await tab_a.select_option("#inbox-transport", TAB_A_TRANSPORT)
+            await tab_a.click("#open-inbox")
+            await tab_b.fill("#inbox-id", object_id)
+            await tab_b.fill("#inbox-token", token)
+            await tab_b.select_option("#inbox-transport", "websocket")
+            await tab_b.click("#open-inbox")
+            inbox = f"#inbox-{object_id}"
+            for tab in (tab_a, tab_b):
+                await expect(tab.locator(f"{inbox} .state")).to_have_text("open")
+                await expect(tab.locator(f"{inbox} .unread-count")).to_have_text("0 unread")
+
+            for text in ("Storm warning", "Drill at noon"):
+                response = await client.post(
+                    "/alert", json={"text": text, "object_ids": [int(object_id)]}, headers=key
+                )
+                assert response.status == 200, await response.text()
+            for tab in (tab_a, tab_b):
+                await expect(tab.locator(f"{inbox} .alert .text")).to_have_text(
+                    ["Storm warning", "Drill at noon"]
+                )
+                await expect(tab.locator(f"{inbox} .unread-count")).to_have_text("2 unread")
+
+            # Read up to the first in tab B (with the token), then everything in tab A (key).
+            await tab_b.locator(f"{inbox} .alert").first.locator("button.ack").click()
+            for tab in (tab_a, tab_b):
+                await expect(tab.locator(f"{inbox} .unread-count")).to_have_text("1 unread")
+            await tab_a.click(f"{inbox} .ack-all")
+            for tab in (tab_a, tab_b):
+                await expect(tab.locator(f"{inbox} .unread-count")).to_have_text("0 unread")
+                await expect(tab.locator(f"{inbox} .alert.unread")).to_have_count(0)
+            state = await (await client.get(f"/object/{object_id}", headers=key)).json()
+            assert state["unread"] == 0
+            assert page_errors == []
+        finally:
+            await browser.close()
+
+
+TAB_A_TRANSPORT = "eventsource"  # tab B uses a WebSocket: both kinds of inbox view

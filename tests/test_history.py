@@ -164,6 +164,8 @@ async def test_after_acked_starts_after_the_read_cursor(client: Client) -> None:
         {"limit": ""},
         {"limit": "1e3"},
         {"limit": "99999999999999999999999999"},
+        {"limit": "9" * 5000},  # int() refuses over 4300 digits: once a 500
+        {"after": "9" * 5000},
     ],
 )
 async def test_malformed_after_or_limit_is_400(client: Client, query: dict[str, str]) -> None:

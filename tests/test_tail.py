@@ -94,3 +94,38 @@ async def test_tail_stops_when_the_token_is_refused(
     obj = await create_object(client)
     await asyncio.wait_for(tail(str(client.make_url("/")), obj["id"], token="wrong"), 5)
     assert "refused (403)" in capsys.readouterr().err
+
+
+async def test_tail_after_acked_prints_only_what_is_unread(
+    client: TestClient[Any, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    obj = await create_object(client)
+    ids = [(await create_alert(client, object_ids=[obj["id"]]))["id"] for _ in range(3)]
+    response = await client.post(f"/object/{obj['id']}/ack", json={"alert_id": ids[1]})
+    assert response.status == 200
+    lines: list[str] = []
+
+    def printed() -> list[int]:
+        lines.extend(capsys.readouterr().out.splitlines())
+        return [json.loads(line)["id"] for line in lines]
+
+    following = asyncio.ensure_future(tail(str(client.make_url("/")), obj["id"], after="acked"))
+    try:
+        await eventually(lambda: printed() == [ids[2]])
+        await connected(client, obj["id"])
+        # Another device reads everything: the tail reports it on stderr, prints no alert.
+        response = await client.post(f"/object/{obj['id']}/ack", json={"alert_id": ids[2]})
+        assert response.status == 200
+        err: list[str] = []
+
+        def reported() -> bool:
+            out, text = capsys.readouterr()
+            lines.extend(out.splitlines())
+            err.append(text)
+            return f"read up to {ids[2]}, 0 unread" in "".join(err)
+
+        await eventually(reported)
+        assert printed() == [ids[2]]
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)

@@ -200,3 +200,59 @@ async def test_one_scrape_reports_every_worker(served: tuple[str, Path]) -> None
         finally:
             for ws in sockets:
                 await ws.close()
+
+
+@pytest.mark.slow
+async def test_an_ack_reaches_sockets_on_every_worker(served: tuple[str, Path]) -> None:
+    """Acks posted through either process, then one sent on a socket: every socket of the object
+    on both processes is told (the other process hears it on its own LISTEN connection), with
+    `unread` right."""
+    base, _ = served
+    async with fresh_connections() as http:
+        async with http.post(
+            f"{base}/object", json={"email": "w@example.com", "phone_number": "212-555-1234"}
+        ) as response:
+            object_id = (await response.json())["id"]
+        ids = []
+        for text in ("one", "two", "three"):
+            async with http.post(
+                f"{base}/alert", json={"text": text, "object_ids": [object_id]}
+            ) as response:
+                ids.append((await response.json())["id"])
+        sockets: list[tuple[str, aiohttp.ClientWebSocketResponse]] = []
+        pids: set[str] = set()
+        try:
+            while len(pids) < 2 and len(sockets) < MAX_SOCKETS:
+                ws = await http.ws_connect(f"{base}/inbox/{object_id}")
+                pid = ws._response.headers[WORKER_HEADER]
+                sockets.append((pid, ws))
+                pids.add(pid)
+            assert len(pids) == 2, f"{len(sockets)} sockets all landed on one process"
+            for _, ws in sockets:
+                assert [(await ws.receive_json(timeout=10))["id"] for _ in ids] == ids
+            await wait_all_listening(http, base, len(sockets))
+
+            for alert_id in ids[:2]:  # new connections: the two acks may land on either process
+                async with http.post(
+                    f"{base}/object/{object_id}/ack", json={"alert_id": alert_id}
+                ) as response:
+                    assert response.status == 200, await response.text()
+
+                    unread = ids[-1:] if alert_id == ids[1] else ids[1:]
+                    assert await response.json() == {
+                        "object_id": object_id,
+                        "acked_alert_id": alert_id,
+                        "unread": len(unread),
+                    }
+                told = await asyncio.gather(*(ws.receive_json(timeout=10) for _, ws in sockets))
+                assert told == [{"acked_alert_id": alert_id, "unread": len(unread)}] * len(sockets)
+            # And from a socket, on the process that holds it: the others hear it too.
+            await sockets[0][1].send_json({"ack": ids[2]})
+            told = await asyncio.gather(*(ws.receive_json(timeout=10) for _, ws in sockets))
+            assert told == [{"acked_alert_id": ids[2], "unread": 0}] * len(sockets)
+            async with http.get(f"{base}/object/{object_id}") as response:
+                body = await response.json()
+            assert (body["acked_alert_id"], body["unread"]) == (ids[2], 0)
+        finally:
+            for _, ws in sockets:
+                await ws.close()
