@@ -432,6 +432,29 @@ async def test_a_write_queued_past_the_wait_bound_makes_the_next_refused_at_once
     assert (await client.post("/alert", json={"text": "now", "object_ids": [obj["id"]]})).ok
 
 
+async def test_a_full_process_refuses_before_the_credential_check(
+    make_client: Callable[..., Awaitable[Client]], db: asyncpg.Connection
+) -> None:
+    client = await make_client(WRITES_IN_FLIGHT="1", API_KEYS="key-one")
+    key = {"Authorization": "Bearer key-one"}
+    created = await client.post(
+        "/object", json={"email": "a@example.com", "phone_number": "212-555-1234"}, headers=key
+    )
+    obj = await created.json()
+    body = {"text": "held", "object_ids": [obj["id"]]}
+    async with alert_lock_held(db):
+        held = asyncio.ensure_future(client.post("/alert", json=body, headers=key))
+        await blocked_backends(db, 1)
+        # The refusal costs no credential check: a stranger learns only that it is busy.
+        stranger = await asyncio.wait_for(client.post("/alert", json=body), 2)
+        assert stranger.status == 503
+        assert (await stranger.json())["error"] == "server_busy"
+        assert not held.done()
+    assert (await held).status == 200
+    # With room again, the credential is checked as before.
+    assert (await client.post("/alert", json=body)).status == 401
+
+
 async def test_a_full_pool_is_server_busy_not_database_unavailable(
     make_client: Callable[..., Awaitable[Client]],
 ) -> None:
