@@ -64,8 +64,20 @@ def _hide(match: re.Match[str]) -> str:
     return f"{match.group('url')}{REDACTED}@"
 
 
+# Every match of _SECRETS holds one of these (in ASCII lower case): a parameter name ending in
+# "token", "key", "secret" or "password" before its "=", the "bearer" scheme, or a URL's "://".
+_MARKERS = ("token=", "key=", "secret=", "password=", "bearer", "://")
+
+
 def redact(text: str) -> str:
     """`text` with every credential it carries replaced by [redacted]."""
+    # Most lines carry none: one scan for the markers is far cheaper than the regex. Only for
+    # ASCII text is lower() the regex's case folding (it also folds "\u017f" to "s", "\u212a"
+    # to "k"), so other text always goes through the regex.
+    if text.isascii():
+        lowered = text.lower()
+        if not any(marker in lowered for marker in _MARKERS):
+            return text
     return _SECRETS.sub(_hide, text)
 
 
@@ -90,6 +102,18 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s pid=%(process)d: %(message)s")
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """logging's own text, with the part to the second formatted once per second."""
+        if datefmt or not self.default_msec_format or self.converter is not time.localtime:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached_second, text = self._second
+        if second != cached_second:
+            text = time.strftime(self.default_time_format, time.localtime(second))
+            self._second = (second, text)
+        return self.default_msec_format % (text, record.msecs)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
