@@ -67,6 +67,10 @@ async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body is over {limit} bytes")
     await send_continue(request)
+    if request.content.is_eof():
+        # The whole body has already arrived (the usual small body, read with the headers):
+        # reading it cannot wait, so the timer would only be armed and cancelled again.
+        return await _read(request, limit, decoder)
     try:
         async with asyncio.timeout(config.http_body_timeout):
             return await _read(request, limit, decoder)

@@ -7,9 +7,9 @@ Loading a body either returns plain, normalised values for the db layer or raise
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -28,6 +28,7 @@ from .config import Config
 from .errors import ValidationFailed
 
 MAX_ID = 2**63 - 1  # ids are PostgreSQL bigint
+SchemaT = TypeVar("SchemaT", bound=Schema)
 
 
 def parse_id(raw: str) -> int | None:
@@ -54,6 +55,21 @@ class Text(fields.String):
         result: str = super()._deserialize(value, attr, data, **kwargs)
         if "\x00" in result:
             raise ValidationError("Must not contain NUL characters.")
+        return result
+
+
+class IdList(fields.List[int]):
+    """A list of object ids. A list of plain ints in range, the usual body, is taken as it is;
+    anything else goes through marshmallow item by item, for its very errors."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(object_id_field(), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        # `type(i) is int` leaves bools (and int subclasses) to marshmallow, which refuses them.
+        if type(value) is list and all(type(i) is int and 1 <= i <= MAX_ID for i in value):
+            return list(value)
+        result: list[Any] = super()._deserialize(value, attr, data, **kwargs)
         return result
 
 
@@ -109,7 +125,7 @@ class AlertCreate(Schema):
         unknown = RAISE
 
     text = Text(required=True)
-    object_ids = fields.List(object_id_field(), load_default=None, allow_none=True)
+    object_ids = IdList(load_default=None, allow_none=True)
     alert_all = StrictBoolean(load_default=False)
 
     def __init__(self, config: Config) -> None:
@@ -184,15 +200,26 @@ class ClientAck(Schema):
 CLIENT_ACK_SCHEMA = ClientAck()
 
 
-@functools.cache
-def object_schema(config: Config) -> ObjectCreate:
-    """One schema instance per configuration: building one per request is wasted work."""
-    return ObjectCreate(config)
+class PerConfig(Generic[SchemaT]):
+    """One schema instance per configuration: building one per request is wasted work. The
+    configuration last asked for is checked by identity first, since hashing a Config (all
+    its fields) on every request costs more than the lookup it serves."""
+
+    def __init__(self, build: Callable[[Config], SchemaT]) -> None:
+        self._build = functools.cache(build)
+        self._last: tuple[Config, SchemaT] | None = None
+
+    def __call__(self, config: Config) -> SchemaT:
+        last = self._last
+        if last is not None and last[0] is config:
+            return last[1]
+        schema = self._build(config)
+        self._last = (config, schema)
+        return schema
 
 
-@functools.cache
-def alert_schema(config: Config) -> AlertCreate:
-    return AlertCreate(config)
+object_schema = PerConfig(ObjectCreate)
+alert_schema = PerConfig(AlertCreate)
 
 
 def load(schema: Schema, body: Mapping[str, Any]) -> dict[str, Any]:
