@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import secrets
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -341,3 +342,13 @@ def test_text_time_is_loggings_own_across_seconds() -> None:
         rec = record("at a time")
         rec.created, rec.msecs = created, (created - int(created)) * 1000
         assert formatter.formatTime(rec) == plain.formatTime(rec)
+
+
+def test_new_request_ids_are_uuid4_hex() -> None:
+    ids = {logs.new_request_id() for _ in range(200)}
+    assert len(ids) == 200
+    for request_id in ids:
+        parsed = uuid.UUID(hex=request_id)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert parsed.hex == request_id
