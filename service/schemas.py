@@ -120,6 +120,9 @@ class ObjectCreate(Schema):
         self.context_config = config
 
 
+PLAIN_ALERT_FIELDS = frozenset({"text", "object_ids", "alert_all"})
+
+
 class AlertCreate(Schema):
     class Meta:
         unknown = RAISE
@@ -138,6 +141,30 @@ class AlertCreate(Schema):
             validate.Length(min=1, max=config.alert_text_max_length),
         ]
         self.max_ids = config.alert_max_object_ids
+        self.max_text_length = config.alert_text_max_length
+        # The fast path below is exactly these fields with these checks; a field or validator
+        # added here leaves it (see load_plain).
+        self._plain = len(text.validators) == 1 and set(self.fields) == PLAIN_ALERT_FIELDS
+
+    def load_plain(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """What `load` returns for the usual body (text, a list of ids in range, alert_all
+        absent or false), checked without marshmallow's machinery; None for any other body,
+        which then takes the full path with its errors. tests/test_schema_instances.py checks
+        that both agree."""
+        if not self._plain or type(body) is not dict or not body.keys() <= PLAIN_ALERT_FIELDS:
+            return None
+        text, ids = body.get("text"), body.get("object_ids")
+        if (
+            type(text) is not str
+            or not 1 <= len(text) <= self.max_text_length
+            or "\x00" in text
+            or body.get("alert_all", False) is not False
+            or type(ids) is not list
+            or len(ids) > self.max_ids
+            or not all(type(i) is int and 1 <= i <= MAX_ID for i in ids)
+        ):
+            return None
+        return {"text": text, "object_ids": sorted(set(ids)), "alert_all": False}
 
     @pre_load
     def bound_the_list(self, data: Any, **_: Any) -> Any:
@@ -223,6 +250,10 @@ alert_schema = PerConfig(AlertCreate)
 
 
 def load(schema: Schema, body: Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(schema, AlertCreate):
+        plain = schema.load_plain(body)
+        if plain is not None:
+            return plain
     _refuse_many_unknown_fields(schema, body)
     try:
         result: dict[str, Any] = schema.load(body)
