@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -286,8 +286,10 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
         # An inbox (a WebSocket or an SSE stream) lasts as long as its client: not timed.
         status = response.status
+        # The raw header first: parsing it (content_type) for every JSON answer costs more.
         websocket = isinstance(response, web.WebSocketResponse) or (
-            response.content_type == "text/event-stream"
+            "event-stream" in response.headers.get(hdrs.CONTENT_TYPE, "").lower()
+            and response.content_type == "text/event-stream"
         )
         return response
     except web.HTTPException as exc:
