@@ -67,6 +67,12 @@ async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body is over {limit} bytes")
     await send_continue(request)
+    if request.content.is_eof():
+        # The whole body has already arrived (the usual small body, read with the headers):
+        # it is taken at once, without a timer armed and cancelled or an iterator per chunk.
+        body = _Body(limit, decoder)
+        body.add(request.content.read_nowait())
+        return body.done()
     try:
         async with asyncio.timeout(config.http_body_timeout):
             return await _read(request, limit, decoder)
@@ -76,23 +82,39 @@ async def read_body(request: web.Request) -> bytes:
         ) from None
 
 
-async def _read(request: web.Request, limit: int, decoder: zlib._Decompress | None) -> bytes:
-    sent = 0
-    body = bytearray()
-    async for chunk in request.content.iter_any():
-        sent += len(chunk)
-        if sent > limit:
+class _Body:
+    """The body as it arrives, decoded and bounded: `add` each chunk, then `done`."""
+
+    def __init__(self, limit: int, decoder: zlib._Decompress | None) -> None:
+        self.limit, self.decoder = limit, decoder
+        self.sent = 0
+        self.body = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        limit, body = self.limit, self.body
+        self.sent += len(chunk)
+        if self.sent > limit:
             raise PayloadTooLarge(f"the body is over {limit} bytes")
-        if decoder is None:
+        if self.decoder is None:
             body += chunk
-            continue
+            return
         try:
             # At most one byte past the limit is ever produced: enough to know it is over.
-            body += decoder.decompress(chunk, limit + 1 - len(body))
+            body += self.decoder.decompress(chunk, limit + 1 - len(body))
         except zlib.error:
             raise MalformedRequest("the body is not valid for its Content-Encoding") from None
         if len(body) > limit:
             raise PayloadTooLarge(f"the body inflates to more than {limit} bytes")
-    if decoder is not None and (not decoder.eof or decoder.unused_data):
-        raise MalformedRequest("the compressed body is cut short or has bytes after its end")
-    return bytes(body)
+
+    def done(self) -> bytes:
+        decoder = self.decoder
+        if decoder is not None and (not decoder.eof or decoder.unused_data):
+            raise MalformedRequest("the compressed body is cut short or has bytes after its end")
+        return bytes(self.body)
+
+
+async def _read(request: web.Request, limit: int, decoder: zlib._Decompress | None) -> bytes:
+    body = _Body(limit, decoder)
+    async for chunk in request.content.iter_any():
+        body.add(chunk)
+    return body.done()

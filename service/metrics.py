@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -165,9 +165,30 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
+        # The labelled children the middleware uses, by label values: labels() takes a lock and
+        # validates and joins its arguments on every call. A child is never removed, so a cached
+        # one is the very object labels() would return.
+        self._answered: dict[tuple[str, str, int], Counter] = {}
+        self._timed: dict[tuple[str, str], Histogram] = {}
         self._copied: dict[str, float] = {}
         self._copied_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self._copied_burst_buckets = [0] * (len(BURST_BUCKETS) + 1)
+
+    def answered(self, route: str, method: str, status: int) -> Counter:
+        """`requests` labelled with this route template, method and status."""
+        key = (route, method, status)
+        child = self._answered.get(key)
+        if child is None:
+            child = self._answered[key] = self.requests.labels(route, method, str(status))
+        return child
+
+    def timed(self, route: str, method: str) -> Histogram:
+        """`latency` labelled with this route template and method."""
+        key = (route, method)
+        child = self._timed.get(key)
+        if child is None:
+            child = self._timed[key] = self.latency.labels(*key)
+        return child
 
     def _add(self, counter: Counter, key: str, total: float) -> None:
         """Bring `counter` up to `total` (a running count kept elsewhere)."""
@@ -265,8 +286,10 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
         # An inbox (a WebSocket or an SSE stream) lasts as long as its client: not timed.
         status = response.status
+        # The raw header first: parsing it (content_type) for every JSON answer costs more.
         websocket = isinstance(response, web.WebSocketResponse) or (
-            response.content_type == "text/event-stream"
+            "event-stream" in response.headers.get(hdrs.CONTENT_TYPE, "").lower()
+            and response.content_type == "text/event-stream"
         )
         return response
     except web.HTTPException as exc:
@@ -285,9 +308,9 @@ def count_answer(request: web.Request, status: int, elapsed: float | None) -> No
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else UNMATCHED
     metrics = request.app[metrics_key]
-    metrics.requests.labels(route, request.method, str(status)).inc()
+    metrics.answered(route, request.method, status).inc()
     if elapsed is not None:
-        metrics.latency.labels(route, request.method).observe(elapsed)
+        metrics.timed(route, request.method).observe(elapsed)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -7,9 +7,9 @@ Loading a body either returns plain, normalised values for the db layer or raise
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -28,6 +28,7 @@ from .config import Config
 from .errors import ValidationFailed
 
 MAX_ID = 2**63 - 1  # ids are PostgreSQL bigint
+SchemaT = TypeVar("SchemaT", bound=Schema)
 
 
 def parse_id(raw: str) -> int | None:
@@ -54,6 +55,21 @@ class Text(fields.String):
         result: str = super()._deserialize(value, attr, data, **kwargs)
         if "\x00" in result:
             raise ValidationError("Must not contain NUL characters.")
+        return result
+
+
+class IdList(fields.List[int]):
+    """A list of object ids. A list of plain ints in range, the usual body, is taken as it is;
+    anything else goes through marshmallow item by item, for its very errors."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(object_id_field(), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        # `type(i) is int` leaves bools (and int subclasses) to marshmallow, which refuses them.
+        if type(value) is list and all(type(i) is int and 1 <= i <= MAX_ID for i in value):
+            return list(value)
+        result: list[Any] = super()._deserialize(value, attr, data, **kwargs)
         return result
 
 
@@ -104,12 +120,15 @@ class ObjectCreate(Schema):
         self.context_config = config
 
 
+PLAIN_ALERT_FIELDS = frozenset({"text", "object_ids", "alert_all"})
+
+
 class AlertCreate(Schema):
     class Meta:
         unknown = RAISE
 
     text = Text(required=True)
-    object_ids = fields.List(object_id_field(), load_default=None, allow_none=True)
+    object_ids = IdList(load_default=None, allow_none=True)
     alert_all = StrictBoolean(load_default=False)
 
     def __init__(self, config: Config) -> None:
@@ -122,6 +141,30 @@ class AlertCreate(Schema):
             validate.Length(min=1, max=config.alert_text_max_length),
         ]
         self.max_ids = config.alert_max_object_ids
+        self.max_text_length = config.alert_text_max_length
+        # The fast path below is exactly these fields with these checks; a field or validator
+        # added here leaves it (see load_plain).
+        self._plain = len(text.validators) == 1 and set(self.fields) == PLAIN_ALERT_FIELDS
+
+    def load_plain(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """What `load` returns for the usual body (text, a list of ids in range, alert_all
+        absent or false), checked without marshmallow's machinery; None for any other body,
+        which then takes the full path with its errors. tests/test_schema_instances.py checks
+        that both agree."""
+        if not self._plain or type(body) is not dict or not body.keys() <= PLAIN_ALERT_FIELDS:
+            return None
+        text, ids = body.get("text"), body.get("object_ids")
+        if (
+            type(text) is not str
+            or not 1 <= len(text) <= self.max_text_length
+            or "\x00" in text
+            or body.get("alert_all", False) is not False
+            or type(ids) is not list
+            or len(ids) > self.max_ids
+            or not all(type(i) is int and 1 <= i <= MAX_ID for i in ids)
+        ):
+            return None
+        return {"text": text, "object_ids": sorted(set(ids)), "alert_all": False}
 
     @pre_load
     def bound_the_list(self, data: Any, **_: Any) -> Any:
@@ -184,18 +227,33 @@ class ClientAck(Schema):
 CLIENT_ACK_SCHEMA = ClientAck()
 
 
-@functools.cache
-def object_schema(config: Config) -> ObjectCreate:
-    """One schema instance per configuration: building one per request is wasted work."""
-    return ObjectCreate(config)
+class PerConfig(Generic[SchemaT]):
+    """One schema instance per configuration: building one per request is wasted work. The
+    configuration last asked for is checked by identity first, since hashing a Config (all
+    its fields) on every request costs more than the lookup it serves."""
+
+    def __init__(self, build: Callable[[Config], SchemaT]) -> None:
+        self._build = functools.cache(build)
+        self._last: tuple[Config, SchemaT] | None = None
+
+    def __call__(self, config: Config) -> SchemaT:
+        last = self._last
+        if last is not None and last[0] is config:
+            return last[1]
+        schema = self._build(config)
+        self._last = (config, schema)
+        return schema
 
 
-@functools.cache
-def alert_schema(config: Config) -> AlertCreate:
-    return AlertCreate(config)
+object_schema = PerConfig(ObjectCreate)
+alert_schema = PerConfig(AlertCreate)
 
 
 def load(schema: Schema, body: Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(schema, AlertCreate):
+        plain = schema.load_plain(body)
+        if plain is not None:
+            return plain
     _refuse_many_unknown_fields(schema, body)
     try:
         result: dict[str, Any] = schema.load(body)

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import secrets
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,22 @@ def test_redact(line: str, expected: str) -> None:
     assert logs.redact(line) == expected
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        'GET /x?TOKEN=abc HTTP/1.1" 200',
+        "GET /x?\u017fecret=abc",  # long s: the regex folds it to "s"
+        "GET /x?api_\u212aey=abc",  # Kelvin sign: folded to "k"
+        "Authorization: BEARER  abc",
+        "x=1 request_id=abc key:value tokens=5 \u00e9",
+        "amqp://user:pw@host",
+        '127.0.0.1 "POST /alert HTTP/1.1" 200 170B 1.2ms request_id=0123abcd',
+    ],
+)
+def test_redact_skips_the_regex_only_for_lines_it_cannot_match(line: str) -> None:
+    assert logs.redact(line) == logs._SECRETS.sub(logs._hide, line)
+
+
 def test_json_lines_redact_nested_fields() -> None:
     rec = record("sent", request={"url": "/inbox/1?token=abc&after=2", "auth": ["Bearer k1"]})
     entry = json.loads(logs.JsonFormatter().format(rec))
@@ -316,3 +333,22 @@ async def test_inbox_serve_logs_no_credential(
     assert "Traceback" not in lines
     for secret in (token, KEY, token[:16], KEY[:16]):
         assert secret not in lines
+
+
+def test_text_time_is_loggings_own_across_seconds() -> None:
+    # The per-second cache must never show the previous second's text.
+    formatter, plain = logs.TextFormatter(), logging.Formatter()
+    for created in (1_700_000_000.001, 1_700_000_000.999, 1_700_000_001.0, 1_700_000_000.5):
+        rec = record("at a time")
+        rec.created, rec.msecs = created, (created - int(created)) * 1000
+        assert formatter.formatTime(rec) == plain.formatTime(rec)
+
+
+def test_new_request_ids_are_uuid4_hex() -> None:
+    ids = {logs.new_request_id() for _ in range(200)}
+    assert len(ids) == 200
+    for request_id in ids:
+        parsed = uuid.UUID(hex=request_id)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert parsed.hex == request_id
