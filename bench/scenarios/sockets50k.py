@@ -51,6 +51,9 @@ async def run(bench: Bench) -> None:
         "/readyz",
         DATABASE_URL=bench.db.url,
         WS_MAX_PER_PROCESS=str(min(n, limit - FD_MARGIN)),
+        # Every connection counts against MAX_CONNECTIONS (sockets and the POSTs alike): room
+        # for all the sockets, within what the open-files limit leaves (server.py fits it).
+        MAX_CONNECTIONS=str(limit - FD_MARGIN // 2),
     ) as server:
         rss_before = server.tree.rss_bytes()
         groups = max(1, -(-n // PER_LOADGEN))
