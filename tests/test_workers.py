@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -70,6 +71,25 @@ async def wait_until_up(base: str) -> None:
             await asyncio.sleep(0.02)
 
 
+@asynccontextmanager
+async def sockets_on_both_workers(
+    http: aiohttp.ClientSession, base: str, object_id: int
+) -> AsyncIterator[list[tuple[str, aiohttp.ClientWebSocketResponse]]]:
+    """Inbox sockets of `object_id`, as (pid of the process holding it, socket): new connections
+    land on either process, so they are opened until both hold some; closed on the way out."""
+    sockets: list[tuple[str, aiohttp.ClientWebSocketResponse]] = []
+    try:
+        while len({pid for pid, _ in sockets}) < 2 and len(sockets) < MAX_SOCKETS:
+            ws = await http.ws_connect(f"{base}/inbox/{object_id}")
+            sockets.append((ws._response.headers[WORKER_HEADER], ws))
+        pids = {pid for pid, _ in sockets}
+        assert len(pids) == 2, f"{len(sockets)} sockets all landed on one process"
+        yield sockets
+    finally:
+        for _, ws in sockets:
+            await ws.close()
+
+
 @pytest.mark.slow
 async def test_an_alert_reaches_sockets_on_every_worker(served: tuple[str, Path]) -> None:
     base, log_path = served
@@ -80,16 +100,8 @@ async def test_an_alert_reaches_sockets_on_every_worker(served: tuple[str, Path]
             assert response.status == 200, await response.text()
             object_id = (await response.json())["id"]
 
-        sockets: list[tuple[str, aiohttp.ClientWebSocketResponse]] = []
-        pids: set[str] = set()
-        try:
-            # New connections land on either process; open until both hold some.
-            while len(pids) < 2 and len(sockets) < MAX_SOCKETS:
-                ws = await http.ws_connect(f"{base}/inbox/{object_id}")
-                pid = ws._response.headers[WORKER_HEADER]
-                sockets.append((pid, ws))
-                pids.add(pid)
-            assert len(pids) == 2, f"{len(sockets)} sockets all landed on one process"
+        async with sockets_on_both_workers(http, base, object_id) as sockets:
+            pids = {pid for pid, _ in sockets}
             await wait_all_listening(http, base, len(sockets))
 
             # Posted through whichever process takes it: every socket on both must get it.
@@ -105,9 +117,6 @@ async def test_an_alert_reaches_sockets_on_every_worker(served: tuple[str, Path]
             assert [frame["id"] for frame in received] == [alert["id"]] * len(sockets)
             other = pids - {posted_by}
             assert other, "both workers hold sockets"
-        finally:
-            for _, ws in sockets:
-                await ws.close()
 
     entries = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     access = [e for e in entries if e["logger"] == "inbox.access"]
@@ -163,14 +172,8 @@ async def test_one_scrape_reports_every_worker(served: tuple[str, Path]) -> None
                 posted_by[response.headers[WORKER_HEADER]] += 1
             assert sum(posted_by.values()) < 200, "connections kept landing on one worker"
         posts = sum(posted_by.values())
-        sockets = []
-        held_by: set[str] = set()
-        try:
-            while len(held_by) < 2 and len(sockets) < MAX_SOCKETS:
-                ws = await http.ws_connect(f"{base}/inbox/{object_id}")
-                held_by.add(ws._response.headers[WORKER_HEADER])
-                sockets.append(ws)
-            assert len(held_by) == 2
+        async with sockets_on_both_workers(http, base, object_id) as held:
+            sockets = [ws for _, ws in held]
             await wait_all_listening(http, base, len(sockets))
             async with http.post(
                 f"{base}/alert", json={"text": "to all", "object_ids": [object_id]}
@@ -197,9 +200,6 @@ async def test_one_scrape_reports_every_worker(served: tuple[str, Path]) -> None
                 latency = ("inbox_notification_to_send_seconds_count", frozenset())
                 assert samples[latency] == len(sockets)
                 assert loop.time() < deadline, "scrapes kept landing on one worker"
-        finally:
-            for ws in sockets:
-                await ws.close()
 
 
 @pytest.mark.slow
@@ -219,15 +219,7 @@ async def test_an_ack_reaches_sockets_on_every_worker(served: tuple[str, Path]) 
                 f"{base}/alert", json={"text": text, "object_ids": [object_id]}
             ) as response:
                 ids.append((await response.json())["id"])
-        sockets: list[tuple[str, aiohttp.ClientWebSocketResponse]] = []
-        pids: set[str] = set()
-        try:
-            while len(pids) < 2 and len(sockets) < MAX_SOCKETS:
-                ws = await http.ws_connect(f"{base}/inbox/{object_id}")
-                pid = ws._response.headers[WORKER_HEADER]
-                sockets.append((pid, ws))
-                pids.add(pid)
-            assert len(pids) == 2, f"{len(sockets)} sockets all landed on one process"
+        async with sockets_on_both_workers(http, base, object_id) as sockets:
             for _, ws in sockets:
                 assert [(await ws.receive_json(timeout=10))["id"] for _ in ids] == ids
             await wait_all_listening(http, base, len(sockets))
@@ -253,6 +245,3 @@ async def test_an_ack_reaches_sockets_on_every_worker(served: tuple[str, Path]) 
             async with http.get(f"{base}/object/{object_id}") as response:
                 body = await response.json()
             assert (body["acked_alert_id"], body["unread"]) == (ids[2], 0)
-        finally:
-            for _, ws in sockets:
-                await ws.close()
