@@ -150,22 +150,27 @@ def app_of(client: TestClient[Any, Any]) -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def failing_object_alerts(db: asyncpg.Connection) -> AsyncIterator[None]:
-    """While inside, every object_alerts insert fails: a write that breaks part-way."""
+async def failing_inserts(
+    db: asyncpg.Connection, table: str, when: str = "true"
+) -> AsyncIterator[None]:
+    """While inside, an insert into `table` whose row meets `when` (SQL over NEW) fails with
+    'injected failure': a write that breaks part-way, or one bad request among others."""
+    name = f"fail_{table}"
     await db.execute(
-        """
-        CREATE FUNCTION fail_object_alerts() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION 'injected failure'; END $$;
-        CREATE TRIGGER fail_object_alerts BEFORE INSERT ON object_alerts
-            FOR EACH ROW EXECUTE FUNCTION fail_object_alerts();
+        f"""
+        CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF {when} THEN RAISE EXCEPTION 'injected failure'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER {name} BEFORE INSERT ON {table}
+            FOR EACH ROW EXECUTE FUNCTION {name}();
         """
     )
     try:
         yield
     finally:
-        await db.execute(
-            "DROP TRIGGER fail_object_alerts ON object_alerts; DROP FUNCTION fail_object_alerts();"
-        )
+        await db.execute(f"DROP TRIGGER {name} ON {table}; DROP FUNCTION {name}();")
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from .conftest import create_alert, create_object, failing_object_alerts
+from .conftest import create_alert, create_object, failing_inserts
 
 Client = TestClient[Any, Any]
 
@@ -143,7 +143,7 @@ async def test_object_ids_limit_is_a_setting(make_client: Any) -> None:
 async def test_failure_part_way_leaves_nothing(client: Client, db: asyncpg.Connection) -> None:
     """An object_alerts row that cannot be written aborts the whole alert: no alert, no rows."""
     a = await create_object(client)
-    async with failing_object_alerts(db):
+    async with failing_inserts(db, "object_alerts"):
         response = await client.post("/alert", json={"text": "x", "object_ids": [a["id"]]})
         assert response.status == 500
         assert (await response.json())["error"] == "internal_error"

@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 from service.batch import Committer, NewAlert
 from service.keys import alert_committer_key, db_key, object_committer_key
 
-from .conftest import app_of, create_object, eventually
+from .conftest import app_of, create_object, eventually, failing_inserts
 from .test_workers import fresh_connections, served, wait_all_listening
 
 Client = TestClient[Any, Any]
@@ -155,19 +155,8 @@ async def test_one_failing_alert_does_not_fail_its_batch_mates(
     obj = await create_object(client)
     ws = await client.ws_connect(f"/inbox/{obj['id']}")
     committer = committer_of(client)
-    await db.execute(
-        """
-        CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.text = 'poison' THEN RAISE EXCEPTION 'injected failure'; END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER refuse_poison BEFORE INSERT ON alerts
-            FOR EACH ROW EXECUTE FUNCTION refuse_poison();
-        """
-    )
     texts = ["one", "poison", "two", "three"]
-    try:
+    async with failing_inserts(db, "alerts", "NEW.text = 'poison'"):
         async with alert_lock_held(db):
             first = asyncio.ensure_future(
                 client.post("/alert", json={"text": "zero", "object_ids": [obj["id"]]})
@@ -177,8 +166,6 @@ async def test_one_failing_alert_does_not_fail_its_batch_mates(
             posted = await queue_behind(client, committer, bodies)
         assert (await first).status == 200
         results = await answers(posted)
-    finally:
-        await db.execute("DROP TRIGGER refuse_poison ON alerts; DROP FUNCTION refuse_poison();")
 
     assert results[1] == (500, {"error": "internal_error", "message": results[1][1]["message"]})
     good = [results[0], results[2], results[3]]
@@ -290,19 +277,8 @@ async def test_objects_that_queue_behind_the_commits_share_the_next_one(
     client: Client, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     committer = app_of(client)[object_committer_key]
-    await db.execute(
-        """
-        CREATE FUNCTION refuse_poison_object() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.email = 'poison@example.com' THEN RAISE EXCEPTION 'injected failure'; END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER refuse_poison_object BEFORE INSERT ON objects
-            FOR EACH ROW EXECUTE FUNCTION refuse_poison_object();
-        """
-    )
     emails = ["A@Example.com", "b@example.com", "poison@example.com", "c@example.com"]
-    try:
+    async with failing_inserts(db, "objects", "NEW.email = 'poison@example.com'"):
         async with db.transaction():
             # Inserts wait for this lock: both committers' batches stall on it, and the
             # requests that arrive meanwhile queue for the next batch.
@@ -319,10 +295,6 @@ async def test_objects_that_queue_behind_the_commits_share_the_next_one(
                 await eventually(lambda n=n: committer.waiting == n)  # type: ignore[misc]
         assert [(await f).status for f in first] == [200, 200]
         results = await answers(posted)
-    finally:
-        await db.execute(
-            "DROP TRIGGER refuse_poison_object ON objects; DROP FUNCTION refuse_poison_object();"
-        )
     # The four went as one batch; it failed, and each was then written on its own.
     assert "a batch of 4 objects failed (RaiseError: injected failure)" in caplog.text
     assert results[2][0] == 500

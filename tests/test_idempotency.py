@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from service import idempotency, migrate
 from service.keys import db_key
 
-from .conftest import app_of, create_object, failing_object_alerts
+from .conftest import app_of, create_object, failing_inserts
 from .test_migrations import all_migrations
 
 Client = TestClient[Any, Any]
@@ -204,7 +204,7 @@ async def test_failed_transaction_leaves_no_claim(client: Client, db: asyncpg.Co
     """The claim is in the writing transaction: when the write fails, a retry starts afresh."""
     obj = await create_object(client)
     body = {"text": "x", "object_ids": [obj["id"]]}
-    async with failing_object_alerts(db):
+    async with failing_inserts(db, "object_alerts"):
         response = await client.post("/alert", json=body, headers=key("retry-me"))
         assert response.status == 500
     assert await count(db, "idempotency_keys") == 0
