@@ -52,20 +52,27 @@ class Admission:
         """Also refuse while `oldest_wait()` (seconds) is over `max_wait`."""
         self._waits.append(oldest_wait)
 
-    def enter(self) -> None:
-        """Count one more write in flight, or raise ServerBusy."""
+    def refusal(self) -> str | None:
+        """Why a write arriving now is refused (and counted as refused), or None: there is
+        room for it. Also asked by the connection's protocol (server.py) before aiohttp reads
+        a write request."""
         if self.in_flight >= self.limit:
             self.refused += 1
-            raise ServerBusy(
-                f"this server has {self.limit} writes in flight already; retry shortly"
-            )
+            return f"this server has {self.limit} writes in flight already; retry shortly"
         for oldest_wait in self._waits:
             if oldest_wait() > self.max_wait:
                 self.refused += 1
-                raise ServerBusy(
+                return (
                     "writes queued here have waited more than "
                     f"{self.max_wait:g} s for a commit already; retry shortly"
                 )
+        return None
+
+    def enter(self) -> None:
+        """Count one more write in flight, or raise ServerBusy."""
+        message = self.refusal()
+        if message is not None:
+            raise ServerBusy(message)
         self.in_flight += 1
 
     def leave(self) -> None:
