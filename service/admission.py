@@ -9,13 +9,22 @@ Two bounds, both checked when a write arrives:
   accepted writes keep a bounded wait where a fixed count would let them queue behind it
   (the head's sojourn time, as CoDel judges a queue).
 
-Past either, the request is refused at once with 503 `server_busy` and `Retry-After`. The
-refusal is made by the outermost middleware (`admit_writes`), before the request id, the
-credential check, the metrics and the access log middlewares do their work and before any
-body byte is read: under overload a refusal is most of what the process answers, so it must
-cost little. It still gets its access log line, its X-Request-Id and its count in
-`inbox_http_requests_total`, written here directly. A refusal answers a stranger too (503
-before 401): it says only that the process is full, as a connection past MAX_CONNECTIONS does.
+Past either, the request is refused at once with 503 `server_busy` and `Retry-After`. Under
+overload a refusal is most of what the process answers, so it must cost little:
+
+- A whole write request (head and Content-Length body) waiting on an idle keep-alive
+  connection is refused by the connection's protocol before aiohttp builds a request for it
+  (server.EarlyRefusals): canned bytes, about a sixth of the CPU of the middleware's refusal.
+  It is counted in /metrics like the others; the access log gets one line per second summing
+  those refusals up, not one line each.
+- Anything else (half a request in the buffer, a head the protocol leaves to aiohttp) is
+  refused by the outermost middleware (`admit_writes`), before the request id, the credential
+  check, the metrics and the access log middlewares do their work and before any body byte is
+  read. It gets its access log line, its X-Request-Id and its count in
+  `inbox_http_requests_total`, written here directly.
+
+A refusal answers a stranger too (503 before 401): it says only that the process is full, as
+a connection past MAX_CONNECTIONS does.
 
 The check and the count happen with no `await` between them, so a burst cannot overshoot the
 bound.

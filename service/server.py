@@ -20,6 +20,11 @@ many connections a process holds. `serve` (what `inbox serve` runs) changes that
   in a request, an inbox socket). One more is answered 503 `server_busy` and closed at once,
   so a flood cannot exhaust the process's file descriptors; the open-files limit is raised to
   fit at start-up (or the bound lowered to fit it, with a WARNING).
+- A write refused by admission control (admission.py) is answered here when the whole request
+  is already in the connection's buffer and nothing else is going on on the connection:
+  canned bytes, before aiohttp builds a request (EarlyRefusals). The framing of each
+  connection's requests is followed (heads and Content-Length bodies) so that a refusal never
+  starts in the middle of one.
 - A request aiohttp's parser cannot read (a control character in a header, a malformed
   request line, a line over 8190 bytes, a bad chunk size, an invalid method) never reaches
   the application: aiohttp answers it from `RequestHandler.handle_error`, in plain text that
