@@ -197,6 +197,7 @@ _CONNECTION, _EXPECT, _REQUEST_ID = b"\r\nconnection:", b"\r\nexpect:", b"\r\nx-
 # A head after which the framing below stops following the connection: a chunked body, an
 # upgrade to another protocol.
 _UNFOLLOWED = (b"\r\ntransfer-encoding:", b"\r\nupgrade:")
+MAX_UNSENT = 65536  # bytes of answers a connection may leave unread before refuse_early stops
 SUMMARY_EVERY = 1.0  # seconds: at most one access log line for the writes refused early
 
 
@@ -368,6 +369,7 @@ class Protocol(web_protocol.RequestHandler):
             and not self._close
             and not self._upgraded
             and not self._buffer_paused
+            and not self._paused  # a client not reading its answers: aiohttp's flow control
             and self._payload_parser is None
             and self.transport is not None
         )
@@ -428,6 +430,8 @@ class Protocol(web_protocol.RequestHandler):
             length = body_length(lower)
             if length is None or end + len(HEAD_END) + length > size:
                 break
+            if self.transport.get_write_buffer_size() > MAX_UNSENT:
+                break  # answers pile up unread: aiohttp's path, which waits for the client
             message = early.admission.refusal()
             if message is None:  # room for it: aiohttp's path
                 break

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import re
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -270,3 +271,32 @@ def test_body_length_reads_only_plain_lengths() -> None:
     assert server.body_length((head % b"1") + b"\r\ncontent-length: 1") is None
     assert server.body_length(b"post / http/1.1\r\ntransfer-encoding: chunked") is None
     assert server.body_length(b"get / http/1.1\r\nupgrade: websocket") is None
+
+
+async def test_a_client_that_does_not_read_its_answers_gets_no_unbounded_buffer(
+    serve: Serve, db: asyncpg.Connection
+) -> None:
+    site = await serve(WRITES_IN_FLIGHT="1", DB_TIMEOUT="60")  # the held alert outlasts this
+    async with full(site, db) as object_id:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", site.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        served = site.owner.server
+        assert isinstance(served, server.Server)
+        count = 20_000  # about 6 MB of answers, more than the kernel's buffers hold
+        request, most = alert(object_id), 0
+        for n in range(count):  # whole requests, never read: each could be refused early
+            writer.write(request)
+            if n % 20 == 0:
+                await asyncio.sleep(0.001)  # the server keeps up: no read ends mid-request
+                for protocol in served.connections:
+                    if protocol.transport is not None:
+                        most = max(most, protocol.transport.get_write_buffer_size())
+        assert early_count(site) > 0
+        assert most <= server.MAX_UNSENT + 1024
+        for _ in range(count):  # every one answered, in order, once read
+            assert_busy(*await response(reader))
+        writer.close()
+    assert await db.fetchval("SELECT array_agg(text) FROM alerts") == ["held"]
