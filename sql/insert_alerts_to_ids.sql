@@ -27,8 +27,10 @@ WITH batch AS (
     FROM batch LEFT JOIN lists USING (n)
 ), id_lock AS MATERIALIZED (
     -- Read by the INSERT below, so evaluated before its first row takes the lock in
-    -- alerts_assign_id (migration 0002); when free, this takes it (the trigger re-enters it).
+    -- alerts_assign_id (migration 0002), and only once every row is planned, so the lock is
+    -- held no longer than before; when free, this takes it (the trigger re-enters it).
     SELECT pg_try_advisory_xact_lock(452823510904) AS was_free
+    FROM (SELECT count(*) FROM planned) AS everything_planned
 ), inserted AS (
     INSERT INTO alerts (text, alert_all, number_of_objects_receiving_alert)
     SELECT text, false, how_many FROM planned CROSS JOIN id_lock
