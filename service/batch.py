@@ -21,10 +21,10 @@ Several processes (`--workers W`, or hosts): their alert committers take turns a
 A batch sent while another process's batch holds the lock waits for it inside PostgreSQL, with
 only what its own process had gathered when it was sent: with 2 workers, batches half the size
 and twice the commits for the same alerts (7.5 against 14 alerts per commit, 32 in flight),
-each commit costing PostgreSQL about 1 ms of CPU. So a committer whose last batch found the lock held (the
-statement says so) first waits for its turn (sql/wait_alert_id_lock.sql: until the lock is free,
-without taking it), and only then takes its queue: its batch gathers for the whole of the other
-process's commit. It does so for as long as the lock was found held within the last second
+each commit costing PostgreSQL about 1 ms of CPU. So a committer whose last batch found the
+lock held (the statement says so) first waits for its turn (sql/wait_alert_id_lock.sql: until
+the lock is free, without taking it), and only then takes its queue: its batch gathers for the
+whole of the other process's commit. It does so for as long as the lock was found held within the last second
 (CONTENTION_MEMORY): a lone writer never pays the extra round trip.
 
 Failures: a lost or unreachable database fails the whole batch with the same 503 (one
