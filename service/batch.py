@@ -24,8 +24,8 @@ and twice the commits for the same alerts (7.5 against 14 alerts per commit, 32 
 each commit costing PostgreSQL about 1 ms of CPU. So a committer whose last batch found the
 lock held (the statement says so) first waits for its turn (sql/wait_alert_id_lock.sql: until
 the lock is free, without taking it), and only then takes its queue: its batch gathers for the
-whole of the other process's commit. It does so for as long as the lock was found held within the last second
-(CONTENTION_MEMORY): a lone writer never pays the extra round trip.
+whole of the other process's commit. It does so for as long as the lock was found held within
+the last second (CONTENTION_MEMORY): a lone writer never pays the extra round trip.
 
 Failures: a lost or unreachable database fails the whole batch with the same 503 (one
 statement: all of it committed or none). Any other error re-runs each item of the batch on its
