@@ -4,6 +4,7 @@ closes between whole frames, acks (hub.py, frames.py)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -317,4 +318,45 @@ async def test_direct_sends_cut_short_keep_every_stream_whole_and_in_order(
     assert not any(s.overflowed for s in sessions)
     late.close()
     for ws in keeping_up:
+        await ws.close()
+
+
+async def test_a_wave_of_sockets_is_frozen_and_thawed_once_half_of_it_ended(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a wave of connections settles, the objects alive are kept out of full garbage
+    collections (gc.freeze); once half as many sessions as were open have ended, they are
+    thawed so the cycles of the ended ones can be collected. Delivery is not affected."""
+    monkeypatch.setattr(service.hub, "FREEZE_AFTER", 4)
+    monkeypatch.setattr(service.hub, "FREEZE_QUIET", 0.05)
+    assert gc.get_freeze_count() == 0
+    obj = await create_object(client)
+    sockets = [await connect(client, obj["id"]) for _ in range(6)]
+    await connected(client, obj["id"], 6)
+    await eventually(lambda: gc.get_freeze_count() > 0)
+    for ws in sockets[:2]:
+        await ws.close()
+    await eventually(lambda: app_of(client)[hub_key].count_for(obj["id"]) == 4)
+    await asyncio.sleep(0.1)
+    assert gc.get_freeze_count() > 0  # 2 of the 6 ended: still frozen
+    await sockets[2].close()
+    await eventually(lambda: gc.get_freeze_count() == 0)  # 3 of the 6: thawed
+    alert = await create_alert(client, object_ids=[obj["id"]])
+    for ws in sockets[3:]:
+        assert [f["id"] for f in await receive(ws, 1)] == [alert["id"]]
+        await ws.close()
+
+
+async def test_a_hub_that_stops_thaws_what_it_froze(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service.hub, "FREEZE_AFTER", 2)
+    monkeypatch.setattr(service.hub, "FREEZE_QUIET", 0.05)
+    obj = await create_object(client)
+    sockets = [await connect(client, obj["id"]) for _ in range(3)]
+    await connected(client, obj["id"], 3)
+    await eventually(lambda: gc.get_freeze_count() > 0)
+    await close_all_inboxes(app_of(client))
+    assert gc.get_freeze_count() == 0
+    for ws in sockets:
         await ws.close()
