@@ -11,10 +11,6 @@ resume with `?after=<last id it received>`.
 Frames are written whole with a synchronous `transport.write`, and aiohttp writes its pings,
 pongs and close frames the same way, so they can interleave only between whole frames; once a
 socket is closing nothing more is written to it (tests/test_aiohttp_contract.py pins this).
-When the transport is asyncio's plain socket transport and holds nothing unsent, the frame goes
-to its socket with one `send`, which is what `transport.write` itself does first, without the
-Python checks around it (the hub's Python per frame, the send itself aside: 1.2 -> 0.8 us);
-whatever the socket does not take, and every error, is handed to `transport.write`, in order.
 
 A publish to more than `SLICE` streams (an alert to everyone) is written `SLICE` streams at a
 time, yielding to the event loop in between, so an alert committed meanwhile for a few
@@ -32,10 +28,8 @@ de-duplicated.
 from __future__ import annotations
 
 import asyncio
-import asyncio.selector_events
 import contextlib
 import gc
-import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -55,11 +49,6 @@ SLICE = 500
 # the process's objects are frozen (see `_Freezer`).
 FREEZE_AFTER = 1000
 FREEZE_QUIET = 1.0
-
-# asyncio's plain socket transport (not TLS, not uvloop): the one whose socket may take a frame
-# directly (see the module docstring). Private to asyncio; tests/test_fanout.py checks that the
-# direct path is still taken.
-PLAIN_TRANSPORT: type | None = getattr(asyncio.selector_events, "_SelectorSocketTransport", None)
 
 UNMETERED = Meter()  # counts of sessions in no hub (tests)
 
@@ -86,7 +75,6 @@ class Session:
         "overflowed",
         "pending",
         "queue",
-        "sock",
         "transport",
     )
 
@@ -101,8 +89,6 @@ class Session:
         self.queue: deque[tuple[int, bytes]] | None = None  # most streams never need one
         self.overflowed = False
         self.transport: asyncio.Transport | None = None
-        # The transport's socket when it is asyncio's plain one (see the module docstring).
-        self.sock: socket.socket | None = None
         self._on_overflow = on_overflow
         self.meter = UNMETERED  # the hub's own replaces it in Hub.add
         self._drain: Drain | None = None
@@ -131,14 +117,10 @@ class Session:
         transport.set_write_buffer_limits(high=LOW_WATER, low=LOW_WATER)
         self.transport = transport
         self._drain = drain
-        if PLAIN_TRANSPORT is not None and type(transport) is PLAIN_TRANSPORT:
-            sock = getattr(transport, "_sock", None)
-            self.sock = sock if isinstance(sock, socket.socket) else None
 
     def detach(self) -> None:
         """The stream is over: drop what is queued and write nothing more."""
         self.transport = None
-        self.sock = None
         if self.queue:
             self.queue.clear()
         if self._drainer is not None:
@@ -159,14 +141,9 @@ class Session:
                 self.gone()
             return False  # closed or closing: the frame is simply not sent
         queue = self.queue
-        if not queue:
-            unsent = transport.get_write_buffer_size()
-            if not unsent and self.sock is not None:
-                write_now(self.sock, transport, data)
-                return True
-            if unsent <= LOW_WATER:
-                transport.write(data)
-                return True
+        if not queue and transport.get_write_buffer_size() <= LOW_WATER:
+            transport.write(data)
+            return True
         if queue is None:
             queue = self.queue = deque()
         if len(queue) >= self.limit:
@@ -248,20 +225,6 @@ class Session:
         if self.queue:
             self.queue.clear()
         self._on_overflow(self)
-
-
-def write_now(sock: socket.socket, transport: asyncio.Transport, data: bytes) -> None:
-    """`transport.write(data)` for a plain transport holding nothing unsent and not closing:
-    one `send`; the rest of a partial send, or an error, goes through the transport itself."""
-    try:
-        sent = sock.send(data)
-    except (BlockingIOError, InterruptedError):
-        sent = 0
-    except OSError:
-        transport.write(data)  # asyncio's own handling of a broken connection
-        return
-    if sent < len(data):
-        transport.write(data[sent:])  # buffered and flushed by the transport, in order
 
 
 class _Burst:
