@@ -1,0 +1,89 @@
+"""What an open, idle inbox socket keeps alive in the process (service/inbox.py): its handler's
+one coroutine and its session, no finished task, no closure per socket. The figures per socket
+are measured by `python -m bench --only fanout` (RSS per idle socket); these tests pin the
+structure that keeps them down, and that behaviour did not change with it."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+from aiohttp import WSMsgType
+from aiohttp.test_utils import TestClient
+
+from service.inbox import SocketSession
+from service.keys import hub_key
+
+from .conftest import app_of, create_alert, create_object, eventually
+
+Client = TestClient[Any, Any]
+
+
+def live_coroutines(name: str) -> int:
+    """Coroutine objects of `name` still alive (suspended or kept by a finished task)."""
+    gc.collect()
+    return sum(
+        1
+        for obj in gc.get_objects()
+        if type(obj).__name__ == "coroutine" and obj.cr_code.co_name == name
+    )
+
+
+def socket_sessions(client: Client) -> list[SocketSession]:
+    return [s for s in app_of(client)[hub_key].sessions() if isinstance(s, SocketSession)]
+
+
+async def test_an_up_to_date_socket_has_no_backlog_task(client: Client) -> None:
+    obj = await create_object(client)
+    alert = await create_alert(client, text="seen", object_ids=[obj["id"]])
+    before = live_coroutines("send_socket_backlog")
+    async with client.ws_connect(f"/inbox/{obj['id']}", params={"after": str(alert["id"])}) as ws:
+        await eventually(lambda: len(socket_sessions(client)) == 1)
+        (session,) = socket_sessions(client)
+        assert session.backlog is None
+        assert live_coroutines("send_socket_backlog") == before
+        live = await create_alert(client, text="live", object_ids=[obj["id"]])
+        msg = await ws.receive(timeout=5)
+        assert msg.type is WSMsgType.TEXT
+        assert msg.json()["id"] == live["id"]
+
+
+async def test_a_backlog_task_is_let_go_of_once_the_backlog_is_sent(client: Client) -> None:
+    obj = await create_object(client)
+    alerts = [await create_alert(client, text=f"a{i}", object_ids=[obj["id"]]) for i in range(3)]
+    before = live_coroutines("send_socket_backlog")
+    async with client.ws_connect(f"/inbox/{obj['id']}", params={"after": "0"}) as ws:
+        got = [(await ws.receive(timeout=5)).json()["id"] for _ in alerts]
+        assert got == [a["id"] for a in alerts]
+        (session,) = socket_sessions(client)
+        await eventually(lambda: session.backlog is None)
+        assert live_coroutines("send_socket_backlog") == before
+        live = await create_alert(client, text="live", object_ids=[obj["id"]])
+        msg = await ws.receive(timeout=5)
+        assert msg.json()["id"] == live["id"]
+
+
+async def test_an_idle_socket_keeps_one_coroutine_of_the_inbox(client: Client) -> None:
+    """The handler reads the socket itself: no `async for` iterator, no reading coroutine of
+    its own, no registration context manager suspended beside it."""
+    obj = await create_object(client)
+    names = ("websocket", "read_client_messages", "__anext__", "registered")
+    before = {name: live_coroutines(name) for name in names}
+    sockets = [await client.ws_connect(f"/inbox/{obj['id']}") for _ in range(3)]
+    try:
+        await eventually(lambda: len(socket_sessions(client)) == 3)
+        await asyncio.sleep(0.05)
+        after = {name: live_coroutines(name) for name in names}
+        assert after["websocket"] - before["websocket"] == 3
+        assert all(after[name] == before[name] for name in names[1:])
+        gc.collect()
+        generators = [
+            o
+            for o in gc.get_objects()
+            if type(o).__name__ == "async_generator" and o.ag_code.co_name == "registered"
+        ]
+        assert not generators
+    finally:
+        for ws in sockets:
+            await ws.close()
