@@ -260,6 +260,7 @@ async def websocket(request: web.Request, object_id: int, after: int) -> web.Web
         try:
             writer = await ws.prepare(request)
             assert request.transport is not None
+            shed_handshake(request, ws)
             session.attach(request.transport, writer.drain)
             if session.overflowed:
                 session.close_soon(CLOSE_TOO_SLOW, TOO_SLOW)
@@ -283,6 +284,18 @@ async def websocket(request: web.Request, object_id: int, after: int) -> web.Web
             # buffers for up to 1.5 x WS_HEARTBEAT after the client is gone.
             await close(ws, request, CLOSE_GOING_AWAY, b"")
     return ws
+
+
+def shed_handshake(request: web.Request, ws: web.WebSocketResponse) -> None:
+    """Let go of what only the handshake needed, which aiohttp would keep for the socket's
+    whole life: the response's headers (written with the 101; nothing reads them again) and
+    the connection's HTTP parser (an upgraded connection's bytes all go to the WebSocket
+    reader). The parser is an aiohttp internal: tests/test_aiohttp_contract_inbox.py fails
+    if an aiohttp within the pinned range stops leaving it unused after an upgrade."""
+    ws.headers.clear()
+    protocol = request.protocol
+    if protocol._upgraded and protocol._payload_parser is not None:
+        protocol._parser = None
 
 
 async def answer_client_message(session: SocketSession, text: str) -> None:

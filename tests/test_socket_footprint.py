@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 from typing import Any
 
 from aiohttp import WSMsgType
@@ -87,3 +88,24 @@ async def test_an_idle_socket_keeps_one_coroutine_of_the_inbox(client: Client) -
     finally:
         for ws in sockets:
             await ws.close()
+
+
+async def test_an_open_socket_keeps_neither_its_handshake_headers_nor_its_http_parser(
+    client: Client,
+) -> None:
+    obj = await create_object(client)
+    async with client.ws_connect(f"/inbox/{obj['id']}") as ws:
+        handshake = ws._response.headers
+        assert handshake["Upgrade"].lower() == "websocket"
+        assert handshake["X-Request-Id"]  # still sent
+        assert handshake["X-Inbox-Worker"] == str(os.getpid())
+        await eventually(lambda: len(socket_sessions(client)) == 1)
+        (session,) = socket_sessions(client)
+        assert len(session.ws.headers) == 0
+        assert session.request.protocol._parser is None
+        live = await create_alert(client, text="after the shedding", object_ids=[obj["id"]])
+        msg = await ws.receive(timeout=5)
+        assert msg.json()["id"] == live["id"]
+        await ws.send_str('{"ack": %d}' % live["id"])  # a client message is still read
+        notice = await ws.receive(timeout=5)
+        assert notice.json()["acked_alert_id"] == live["id"]
