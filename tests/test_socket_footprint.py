@@ -106,6 +106,6 @@ async def test_an_open_socket_keeps_neither_its_handshake_headers_nor_its_http_p
         live = await create_alert(client, text="after the shedding", object_ids=[obj["id"]])
         msg = await ws.receive(timeout=5)
         assert msg.json()["id"] == live["id"]
-        await ws.send_str('{"ack": %d}' % live["id"])  # a client message is still read
+        await ws.send_json({"ack": live["id"]})  # a client message is still read
         notice = await ws.receive(timeout=5)
         assert notice.json()["acked_alert_id"] == live["id"]
