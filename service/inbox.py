@@ -7,9 +7,10 @@ backlog is read, so an alert committing meanwhile is held back and de-duplicated
 missed (see hub.py), and `registered`, which pairs that registration with its removal.
 
 A WebSocket costs one task, its handler, which reads what the client sends
-(`read_client_messages`, the one place that decides what a client may send); the backlog has a
-task of its own only while it is being sent. An SSE stream's handler sends the backlog itself,
-then only wakes for keep-alive comments. Live frames are written by the hub (hub.py).
+(`answer_client_message` decides what a client may send); the backlog has a task of its own only
+while it is being sent. Once upgraded, a socket lets go of what only the handshake needed
+(`shed_handshake`). An SSE stream's handler sends the backlog itself, then only wakes for
+keep-alive comments. Live frames are written by the hub (hub.py).
 """
 
 from __future__ import annotations
@@ -127,13 +128,54 @@ async def registered(
 
 
 async def inbox(request: web.Request) -> web.StreamResponse:
-    """`GET /inbox/{object_id}`: a WebSocket upgrade, or SSE with `Accept: text/event-stream`."""
+    """`GET /inbox/{object_id}`: a WebSocket upgrade, or SSE with `Accept: text/event-stream`.
+
+    A WebSocket is served in this coroutine itself, not in one it calls, so that an idle
+    socket keeps a single coroutine of this module suspended.
+    """
     object_id = path_id(request, "object_id")
     if wants_event_stream(request):
         after = await opening_checks(request, object_id, parse_resume_point(request))
         return await event_stream(request, object_id, after)
     after = await opening_checks(request, object_id, parse_after(request))
-    return await websocket(request, object_id, after)
+    # What the WebSocket does for its life: it reads what the client sends (which is also what
+    # processes pongs and the close handshake); live frames are written by the hub.
+    # No per-message deflate: a compressed frame differs per socket, and frames are small.
+    ws = web.WebSocketResponse(
+        heartbeat=request.app[config_key].ws_heartbeat,
+        max_msg_size=MAX_CLIENT_MESSAGE,
+        compress=False,
+    )
+    session = SocketSession(ws, request, object_id, after)
+    try:
+        register(request, session, ws)  # before the backlog is read: see hub.py
+        try:
+            writer = await ws.prepare(request)
+            assert request.transport is not None
+            shed_handshake(request, ws)
+            session.attach(request.transport, writer.drain)
+            if session.overflowed:
+                session.close_soon(CLOSE_TOO_SLOW, TOO_SLOW)
+            else:
+                session.start_backlog(request.app[db_key], request.app[listener_key])
+            try:
+                # What `async for msg in ws` does, without its own coroutine per socket.
+                while (msg := await ws.receive()).type not in _ENDED:
+                    if msg.type is WSMsgType.TEXT:
+                        await answer_client_message(session, msg.data)
+            finally:
+                if session.backlog is not None:
+                    session.backlog.cancel()
+                await asyncio.gather(*session.tasks(), return_exceptions=True)
+        finally:
+            unregister(request, session, ws)
+    finally:
+        if ws.prepared and not ws.closed:
+            # The peer vanished without a close frame (the handler is cancelled then): closing
+            # stops the heartbeat, whose timer would otherwise hold the socket, its request and
+            # buffers for up to 1.5 x WS_HEARTBEAT after the client is gone.
+            await close(ws, request, CLOSE_GOING_AWAY, b"")
+    return ws
 
 
 async def opening_checks(request: web.Request, object_id: int, after: int | None) -> int:
@@ -241,49 +283,8 @@ def drop_slow_socket(session: Session) -> None:
     session.request.app[hub_key].discard(session)  # no more frames, whatever the close takes
     if session.backlog is not None:
         session.backlog.cancel()
-    if session.ws.prepared:  # else it fell behind during its own handshake: see websocket()
+    if session.ws.prepared:  # else it fell behind during its own handshake: see inbox()
         session.close_soon(CLOSE_TOO_SLOW, TOO_SLOW)
-
-
-async def websocket(request: web.Request, object_id: int, after: int) -> web.WebSocketResponse:
-    """One coroutine for the socket's life: it reads what the client sends (which is also what
-    processes pongs and the close handshake). Live frames are written by the hub."""
-    # No per-message deflate: a compressed frame differs per socket, and frames are small.
-    ws = web.WebSocketResponse(
-        heartbeat=request.app[config_key].ws_heartbeat,
-        max_msg_size=MAX_CLIENT_MESSAGE,
-        compress=False,
-    )
-    session = SocketSession(ws, request, object_id, after)
-    try:
-        register(request, session, ws)  # before the backlog is read: see hub.py
-        try:
-            writer = await ws.prepare(request)
-            assert request.transport is not None
-            shed_handshake(request, ws)
-            session.attach(request.transport, writer.drain)
-            if session.overflowed:
-                session.close_soon(CLOSE_TOO_SLOW, TOO_SLOW)
-            else:
-                session.start_backlog(request.app[db_key], request.app[listener_key])
-            try:
-                # What `async for msg in ws` does, without its own coroutine per socket.
-                while (msg := await ws.receive()).type not in _ENDED:
-                    if msg.type is WSMsgType.TEXT:
-                        await answer_client_message(session, msg.data)
-            finally:
-                if session.backlog is not None:
-                    session.backlog.cancel()
-                await asyncio.gather(*session.tasks(), return_exceptions=True)
-        finally:
-            unregister(request, session, ws)
-    finally:
-        if ws.prepared and not ws.closed:
-            # The peer vanished without a close frame (the handler is cancelled then): closing
-            # stops the heartbeat, whose timer would otherwise hold the socket, its request and
-            # buffers for up to 1.5 x WS_HEARTBEAT after the client is gone.
-            await close(ws, request, CLOSE_GOING_AWAY, b"")
-    return ws
 
 
 def shed_handshake(request: web.Request, ws: web.WebSocketResponse) -> None:

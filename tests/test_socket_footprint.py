@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+from collections.abc import Coroutine
 from typing import Any
 
-from aiohttp import WSMsgType
-from aiohttp.test_utils import TestClient
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient, make_mocked_request
 
+from service import server
 from service.inbox import SocketSession
 from service.keys import hub_key
 
@@ -22,12 +24,13 @@ Client = TestClient[Any, Any]
 
 
 def live_coroutines(name: str) -> int:
-    """Coroutine objects of `name` still alive (suspended or kept by a finished task)."""
+    """Coroutine objects of `name` (a qualified name) still alive (suspended or kept by a
+    finished task)."""
     gc.collect()
     return sum(
         1
         for obj in gc.get_objects()
-        if type(obj).__name__ == "coroutine" and obj.cr_code.co_name == name
+        if type(obj).__name__ == "coroutine" and obj.cr_code.co_qualname == name
     )
 
 
@@ -67,17 +70,26 @@ async def test_a_backlog_task_is_let_go_of_once_the_backlog_is_sent(client: Clie
 
 async def test_an_idle_socket_keeps_one_coroutine_of_the_inbox(client: Client) -> None:
     """The handler reads the socket itself: no `async for` iterator, no reading coroutine of
-    its own, no registration context manager suspended beside it."""
+    its own, no registration context manager suspended beside it; and the middlewares with
+    nothing to do after the handler (admission, access control) keep no coroutine of theirs
+    suspended above it."""
     obj = await create_object(client)
-    names = ("websocket", "read_client_messages", "__anext__", "registered")
-    before = {name: live_coroutines(name) for name in names}
+    kept = ("inbox", "access_log_middleware", "metrics_middleware", "json_errors")
+    gone = (
+        "websocket",
+        "read_client_messages",
+        "WebSocketResponse.__anext__",
+        "admit_writes",
+        "access_control",
+    )
+    before = {name: live_coroutines(name) for name in kept + gone}
     sockets = [await client.ws_connect(f"/inbox/{obj['id']}") for _ in range(3)]
     try:
         await eventually(lambda: len(socket_sessions(client)) == 3)
         await asyncio.sleep(0.05)
-        after = {name: live_coroutines(name) for name in names}
-        assert after["websocket"] - before["websocket"] == 3
-        assert all(after[name] == before[name] for name in names[1:])
+        after = {name: live_coroutines(name) for name in kept + gone}
+        assert {name: after[name] - before[name] for name in kept} == dict.fromkeys(kept, 3)
+        assert {name: after[name] - before[name] for name in gone} == dict.fromkeys(gone, 0)
         gc.collect()
         generators = [
             o
@@ -109,3 +121,21 @@ async def test_an_open_socket_keeps_neither_its_handshake_headers_nor_its_http_p
         await ws.send_json({"ack": live["id"]})  # a client message is still read
         notice = await ws.receive(timeout=5)
         assert notice.json()["acked_alert_id"] == live["id"]
+
+
+def test_a_request_without_expect_goes_to_the_application_unwrapped() -> None:
+    """`inbox serve`'s Expect wrapper (server.py) hands on the application's own coroutine,
+    so it keeps nothing suspended above an inbox socket; with Expect it still wraps."""
+
+    async def application(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response()
+
+    wrapped = server.hold_back_continue(application)
+    plain = wrapped(make_mocked_request("GET", "/inbox/1"))
+    assert isinstance(plain, Coroutine)
+    assert plain.cr_code is application.__code__
+    plain.close()
+    expecting = wrapped(make_mocked_request("POST", "/alert", headers={"Expect": "100-continue"}))
+    assert isinstance(expecting, Coroutine)
+    assert expecting.cr_code is not application.__code__
+    expecting.close()
