@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, hdrs, web
@@ -272,6 +274,9 @@ class SocketSession(Session):
         return [t for t in (self.backlog, *(self.closing or ())) if t is not None]
 
 
+# An upgraded connection's queue of parsed HTTP requests (see shed_handshake): shared, and
+# never able to hold a request, so nothing can be queued to it by mistake.
+NO_MESSAGES: deque[Any] = deque(maxlen=0)
 TOO_SLOW = b"too slow: reconnect with ?after=<last id>"
 _ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
@@ -289,14 +294,17 @@ def drop_slow_socket(session: Session) -> None:
 
 def shed_handshake(request: web.Request, ws: web.WebSocketResponse) -> None:
     """Let go of what only the handshake needed, which aiohttp would keep for the socket's
-    whole life: the response's headers (written with the 101; nothing reads them again) and
-    the connection's HTTP parser (an upgraded connection's bytes all go to the WebSocket
-    reader). The parser is an aiohttp internal: tests/test_aiohttp_contract_inbox.py fails
-    if an aiohttp within the pinned range stops leaving it unused after an upgrade."""
+    whole life: the response's headers (written with the 101; nothing reads them again), the
+    connection's HTTP parser and its queue of parsed requests (an upgraded connection's bytes
+    all go to the WebSocket reader). The queue is swapped for one shared deque that cannot
+    hold anything. Both are aiohttp internals: tests/test_aiohttp_contract_inbox.py fails if
+    an aiohttp within the pinned range stops leaving them unused after an upgrade."""
     ws.headers.clear()
     protocol = request.protocol
     if protocol._upgraded and protocol._payload_parser is not None:
         protocol._parser = None
+        if not protocol._messages:  # its queue of parsed requests, empty for good now
+            protocol._messages = NO_MESSAGES
 
 
 async def answer_client_message(session: SocketSession, text: str) -> None:

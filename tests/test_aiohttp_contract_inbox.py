@@ -1,10 +1,12 @@
 """What inbox.py relies on in aiohttp to keep an idle socket small (setup.cfg pins the range).
 
 Once a WebSocket upgrade is accepted, `inbox.shed_handshake` drops the connection's HTTP parser
-(`RequestHandler._parser`): aiohttp 3.14 sends every byte of an upgraded connection to the
-WebSocket reader (`_payload_parser`) and reaches for the HTTP parser only while `_upgraded` is
-false. If a new aiohttp renames these or reads the parser after an upgrade, these tests fail
-before a socket does.
+(`RequestHandler._parser`) and swaps its queue of parsed requests (`_messages`) for a shared
+deque that holds nothing: aiohttp 3.14 sends every byte of an upgraded connection to the
+WebSocket reader (`_payload_parser`), reaches for the HTTP parser and queues requests only
+while `_upgraded` is false (or the upgrade was declined), and ends the connection when the
+WebSocket's handler returns (the handshake turns keep-alive off). If a new aiohttp renames
+these or uses them after an upgrade, these tests fail before a socket does.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from aiohttp import WSMsgType, web, web_protocol
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.test_utils import TestClient, TestServer
 
-from service.inbox import shed_handshake
+from service.inbox import NO_MESSAGES, shed_handshake
 
 
 def test_the_protocol_still_has_the_attributes_shed_handshake_reads() -> None:
     slots = set(web_protocol.RequestHandler.__slots__) | set(BaseProtocol.__slots__)
-    assert {"_parser", "_upgraded", "_payload_parser"} <= slots
+    assert {"_parser", "_upgraded", "_payload_parser", "_messages", "_keepalive"} <= slots
 
 
 def test_the_http_parser_is_only_used_before_an_upgrade() -> None:
@@ -50,6 +52,27 @@ def test_the_http_parser_is_only_used_before_an_upgrade() -> None:
     assert "self._parser = None" in uses["RequestHandler.connection_lost"]
 
 
+def test_requests_are_queued_only_before_an_upgrade_or_after_a_declined_one() -> None:
+    queues = {
+        name: inspect.getsource(member)
+        for name, member in vars(web_protocol.RequestHandler).items()
+        if callable(member) and "self._messages.append(" in inspect.getsource(member)
+    }
+    assert set(queues) == {"data_received", "finish_response"}
+    data_received = queues["data_received"]
+    guard = data_received.index("if self._payload_parser is None and not self._upgraded:")
+    other_branch = data_received.index("elif self._payload_parser is None and self._upgraded")
+    assert guard < data_received.index("self._messages.append(") < other_branch
+    declined = queues["finish_response"]
+    assert declined.index("and self._payload_parser is None") < declined.index(
+        "self._messages.append("
+    )
+    # After the handler of an upgraded connection returns, start() leaves its loop: a
+    # WebSocket's handshake turns keep-alive off (checked on a live socket below).
+    start = inspect.getsource(web_protocol.RequestHandler.start)
+    assert "if self._keepalive and not self._close and not self._force_close:" in start
+
+
 async def test_a_socket_without_its_http_parser_still_works() -> None:
     """Text both ways, ping/pong, the heartbeat, flow control and the close handshake on a
     socket whose parser and response headers were shed."""
@@ -59,7 +82,9 @@ async def test_a_socket_without_its_http_parser_still_works() -> None:
         ws = web.WebSocketResponse(heartbeat=0.2)
         await ws.prepare(request)
         shed_handshake(request, ws)
-        shed.append((request.protocol._parser, len(ws.headers)))
+        protocol = request.protocol
+        shed.append((protocol._parser, protocol._messages is NO_MESSAGES, protocol._keepalive))
+        shed.append(len(ws.headers))
         async for msg in ws:
             if msg.type is WSMsgType.TEXT and msg.data == "bye":
                 await ws.close(code=4001, message=b"bye")
@@ -90,7 +115,7 @@ async def test_a_socket_without_its_http_parser_still_works() -> None:
         msg = await ws.receive(timeout=5)
         assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 4001, "bye")
         await ws.close()
-    assert shed == [(None, 0)]
+    assert shed == [(None, True, False), 0]
 
 
 async def test_a_peer_that_vanishes_ends_a_socket_without_its_parser() -> None:

@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
 from service import server
-from service.inbox import SocketSession
+from service.inbox import NO_MESSAGES, SocketSession
 from service.keys import hub_key
 
 from .conftest import app_of, create_alert, create_object, eventually
@@ -102,7 +102,7 @@ async def test_an_idle_socket_keeps_one_coroutine_of_the_inbox(client: Client) -
             await ws.close()
 
 
-async def test_an_open_socket_keeps_neither_its_handshake_headers_nor_its_http_parser(
+async def test_an_open_socket_keeps_no_handshake_headers_http_parser_or_request_queue(
     client: Client,
 ) -> None:
     obj = await create_object(client)
@@ -115,6 +115,7 @@ async def test_an_open_socket_keeps_neither_its_handshake_headers_nor_its_http_p
         (session,) = socket_sessions(client)
         assert len(session.ws.headers) == 0
         assert session.request.protocol._parser is None
+        assert session.request.protocol._messages is NO_MESSAGES
         live = await create_alert(client, text="after the shedding", object_ids=[obj["id"]])
         msg = await ws.receive(timeout=5)
         assert msg.json()["id"] == live["id"]
