@@ -31,6 +31,7 @@ from .errors import (
     DatabaseUnavailable,
     MalformedRequest,
     NotFound,
+    ServerBusy,
     ServiceError,
     TooManySockets,
     TooManySocketsForObject,
@@ -345,6 +346,9 @@ async def send_socket_backlog(session: SocketSession, db: Database, listener: Li
         pass  # the peer is gone; the reading side sees it too and ends the session
     except DatabaseUnavailable:
         await close(ws, request, CLOSE_TRY_AGAIN, b"database unavailable: reconnect")
+    except ServerBusy:  # no pooled connection came free in DB_TIMEOUT: as busy, not broken
+        log.info("inbox %s: backlog not read, no database connection free", session.object_id)
+        await close(ws, request, CLOSE_TRY_AGAIN, b"server busy: reconnect")
     except Exception:
         log.exception("inbox %s: sending the backlog failed", session.object_id)
         await close(ws, request, CLOSE_INTERNAL_ERROR, b"internal error")

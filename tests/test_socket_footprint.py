@@ -11,12 +11,15 @@ import os
 from collections.abc import Coroutine
 from typing import Any
 
+import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
 from service import server
+from service.errors import DatabaseUnavailable, ServerBusy
 from service.inbox import NO_MESSAGES, SocketSession
-from service.keys import hub_key
+from service.keys import db_key, hub_key
+from service.wire import CLOSE_TRY_AGAIN
 
 from .conftest import app_of, create_alert, create_object, eventually
 
@@ -140,3 +143,29 @@ def test_a_request_without_expect_goes_to_the_application_unwrapped() -> None:
     assert isinstance(expecting, Coroutine)
     assert expecting.cr_code is not application.__code__
     expecting.close()
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (DatabaseUnavailable("down"), "database unavailable: reconnect"),
+        (ServerBusy("no connection free"), "server busy: reconnect"),
+    ],
+)
+async def test_a_backlog_that_cannot_be_read_closes_with_try_again(
+    client: Client, monkeypatch: pytest.MonkeyPatch, failure: Exception, reason: str
+) -> None:
+    """A backlog read refused by an unreachable database or a full pool closes the socket with
+    1013 (try again later), not 1011: the client retries with ?after=."""
+    obj = await create_object(client)
+    await create_alert(client, text="missed", object_ids=[obj["id"]])
+    db = app_of(client)[db_key]
+
+    async def refused(*args: Any) -> Any:
+        raise failure
+
+    monkeypatch.setattr(db, "inbox_page", refused)
+    async with client.ws_connect(f"/inbox/{obj['id']}", params={"after": "0"}) as ws:
+        msg = await ws.receive(timeout=5)
+        assert msg.type is WSMsgType.CLOSE
+        assert (msg.data, msg.extra) == (CLOSE_TRY_AGAIN, reason)
