@@ -284,6 +284,12 @@ class Database:
             rows = await conn.fetch(Q.insert_alerts_to_ids, texts, owners, wanted)
         return [dict(row) for row in rows]
 
+    async def wait_for_alert_id_lock(self) -> bool:
+        """Once no other transaction holds the alert-id lock (without taking it); True when it
+        was free at once (service/batch.py: a committer's turn)."""
+        async with self.connection() as conn:
+            return bool(await conn.fetchval(Q.wait_alert_id_lock))
+
     async def get_alert_for_object(self, alert_id: int, object_id: int) -> Row | None:
         """The alert as one recipient sees it (no other recipients), or None when it is not
         addressed to that object."""

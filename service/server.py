@@ -20,6 +20,11 @@ many connections a process holds. `serve` (what `inbox serve` runs) changes that
   in a request, an inbox socket). One more is answered 503 `server_busy` and closed at once,
   so a flood cannot exhaust the process's file descriptors; the open-files limit is raised to
   fit at start-up (or the bound lowered to fit it, with a WARNING).
+- A write refused by admission control (admission.py) is answered here when the whole request
+  is already in the connection's buffer and nothing else is going on on the connection:
+  canned bytes, before aiohttp builds a request (EarlyRefusals). The framing of each
+  connection's requests is followed (heads and Content-Length bodies) so that a refusal never
+  starts in the middle of one.
 - A request aiohttp's parser cannot read (a control character in a header, a malformed
   request line, a line over 8190 bytes, a bad chunk size, an invalid method) never reaches
   the application: aiohttp answers it from `RequestHandler.handle_error`, in plain text that
@@ -38,6 +43,7 @@ import logging
 import os
 import re
 import resource
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -45,12 +51,15 @@ from typing import Any
 
 import orjson
 from aiohttp import hdrs, web, web_protocol
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 
+from .admission import Admission
 from .config import Config
-from .errors import BY_AIOHTTP_STATUS, MalformedRequest, ServiceError
-from .keys import expects_continue_key, gate_key
-from .logs import REQUEST_ID_HEADER, WORKER_HEADER, redact
+from .errors import BY_AIOHTTP_STATUS, MalformedRequest, ServerBusy, ServiceError
+from .keys import admission_key, expects_continue_key, gate_key, metrics_key
+from .logs import REQUEST_ID_HEADER, WORKER_HEADER, access_log, new_request_id, redact
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +187,118 @@ class _Refused(asyncio.Protocol):
         transport.close()
 
 
+# -- writes refused before aiohttp reads them -------------------------------------------------
+
+# The request lines of the writes admission control bounds (admission.WRITE_ROUTES), exactly as
+# a client writes them; anything else (a query string, HTTP/1.0) takes aiohttp's path.
+ALERT_LINE = b"POST /alert HTTP/1.1\r\n"
+OBJECT_LINE = b"POST /object HTTP/1.1\r\n"
+HEAD_END = b"\r\n\r\n"
+MAX_HEAD = 8190  # aiohttp's own bound on a request line or a header field
+_CONTENT_LENGTH = b"\r\ncontent-length:"
+# A head with one of these is left to aiohttp: it decides what they mean (the connection's
+# fate, 100 Continue, the client's own request id, a body without a length).
+_CONNECTION, _EXPECT, _REQUEST_ID = b"\r\nconnection:", b"\r\nexpect:", b"\r\nx-request-id:"
+# A head after which the framing below stops following the connection: a chunked body, an
+# upgrade to another protocol.
+_UNFOLLOWED = (b"\r\ntransfer-encoding:", b"\r\nupgrade:")
+MAX_UNSENT = 65536  # bytes of answers a connection may leave unread before refuse_early stops
+SUMMARY_EVERY = 1.0  # seconds: at most one access log line for the writes refused early
+
+
+def body_length(lower_head: bytes) -> int | None:
+    """The Content-Length of a request head (lower-cased, without its blank line): 0 when it
+    has none, None when the body cannot be framed by a length (chunked, upgraded, a length
+    given twice or not as plain digits: aiohttp's parser decides about those)."""
+    for marker in _UNFOLLOWED:
+        if marker in lower_head:
+            return None
+    at = lower_head.find(_CONTENT_LENGTH)
+    if at < 0:
+        return 0
+    start = at + len(_CONTENT_LENGTH)
+    if lower_head.find(_CONTENT_LENGTH, start) >= 0:
+        return None
+    end = lower_head.find(b"\r\n", start)
+    value = lower_head[start : end if end >= 0 else len(lower_head)].strip(b" \t")
+    if not value.isdigit() or len(value) > 15:
+        return None
+    return int(value)
+
+
+class EarlyRefusals:
+    """Writes refused by the connection's protocol, before aiohttp builds a request for them.
+
+    Under overload refusals are most of what a process answers, and aiohttp's request object,
+    routing, the middlewares and a response cost as much as a third of an accepted write. When
+    admission control (admission.py) has no room, an idle keep-alive connection whose buffer
+    holds a whole POST /alert or POST /object (head and Content-Length body) is answered here
+    with the same 503 `server_busy` the middleware would give (the JSON body, `Retry-After`,
+    `X-Request-Id`, `X-Inbox-Worker`), and the request's bytes are consumed: the connection
+    stays open for the next request. Each is counted in /metrics as the middleware counts it
+    (`inbox_writes_refused_total`, `inbox_http_requests_total{status="503"}` and the latency
+    histogram); instead of one access log line each, one line per second sums them up.
+    Anything else (half a request, a head with `Connection`, `Expect` or `X-Request-Id`, a
+    connection already handling a request) takes aiohttp's path, where the middleware refuses.
+    """
+
+    def __init__(self, admission: Admission, metrics: Metrics | None) -> None:
+        self.admission = admission
+        self.metrics = metrics
+        self.worker = str(os.getpid()).encode()
+        self.count: Counter[str] = Counter()  # by route, since the last summary line
+        self.total = 0
+        self._since = 0.0
+        self._summary: asyncio.TimerHandle | None = None
+
+    def answer(self, message: str) -> bytes:
+        """The bytes of the 503, as json_errors and logs.add_response_headers would write it."""
+        body = orjson.dumps({"error": ServerBusy.code, "message": message})
+        return b"".join(
+            (
+                b"HTTP/1.1 503 Service Unavailable\r\n"
+                b"Content-Type: application/json\r\n"
+                b"Retry-After: %d\r\n" % ServerBusy.RETRY_AFTER,
+                b"Date: %s\r\n" % rfc822_formatted_time().encode(),
+                b"X-Request-Id: %s\r\n" % new_request_id().encode(),
+                b"X-Inbox-Worker: %s\r\n" % self.worker,
+                b"Content-Length: %d\r\n\r\n" % len(body),
+                body,
+            )
+        )
+
+    def counted(self, route: str, elapsed: float) -> None:
+        self.total += 1
+        self.count[route] += 1
+        if self.metrics is not None:
+            self.metrics.answered(route, "POST", 503).inc()
+            self.metrics.timed(route, "POST").observe(elapsed)
+        if self._summary is None:
+            self._since = time.monotonic()
+            self._summary = asyncio.get_running_loop().call_later(SUMMARY_EVERY, self.summarize)
+
+    def summarize(self) -> None:
+        """The access log line for the writes refused early since the last one."""
+        self._summary = None
+        if not self.count:
+            return
+        count, self.count = self.count, Counter()
+        refused = sum(count.values())
+        routes = ", ".join(f"POST {route} {n}" for route, n in sorted(count.items()))
+        access_log.info(
+            "%d writes refused with 503 server_busy before they were read, in %.1f s (%s)",
+            refused,
+            time.monotonic() - self._since,
+            routes,
+            extra={"status": 503, "method": "POST", "refused": refused, "routes": dict(count)},
+        )
+
+    def close(self) -> None:
+        if self._summary is not None:
+            self._summary.cancel()
+        self.summarize()
+
+
 # -- requests the parser refuses --------------------------------------------------------------
 
 # Where aiohttp's parser messages start quoting what the client sent: `b'...'`, `bytearray(`,
@@ -203,8 +324,27 @@ class Protocol(web_protocol.RequestHandler):
     def __init__(self, manager: Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.gate = manager.gate
+        self.early = manager.early
+        # Where the next request starts in what is passed to aiohttp's parser (see follow):
+        self._framed = True  # known (False for good after a body not framed by a length)
+        self._body_left = 0  # body bytes of the last request still to come
+        self._head_part = b""  # the start of a head still to be completed
 
     def data_received(self, data: bytes) -> None:
+        if (
+            self.early is not None
+            and self._framed
+            and not self._body_left
+            and not self._head_part
+            and self._idle()
+        ):
+            taken = self.refuse_early(data)
+            if taken:
+                data = data[taken:]
+                if not data:
+                    return
+        if self._framed and self._payload_parser is None and not self._upgraded:
+            self.follow(data)
         queued = len(self._messages)
         super().data_received(data)
         request = self._current_request
@@ -222,6 +362,95 @@ class Protocol(web_protocol.RequestHandler):
             request.content.set_exception(error)
             request.content.feed_eof()  # nothing left for aiohttp to drain after the answer
             self.close()  # the queued error is not answered a second time
+
+    def _idle(self) -> bool:
+        """Waiting for the next request, with none queued, half-read or being answered."""
+        waiter = self._waiter
+        return (
+            waiter is not None
+            and not waiter.done()
+            and not self._messages
+            and not self._force_close
+            and not self._close
+            and not self._upgraded
+            and not self._buffer_paused
+            and not self._paused  # a client not reading its answers: aiohttp's flow control
+            and self._payload_parser is None
+            and self.transport is not None
+        )
+
+    def follow(self, data: bytes) -> None:
+        """Follow the framing of what aiohttp's parser is given (heads, Content-Length bodies),
+        so that refuse_early knows a buffer starts with a request; a body it cannot frame by
+        its length (chunked, an upgrade) ends the following for this connection."""
+        left = self._body_left
+        if left:
+            if left >= len(data):
+                self._body_left = left - len(data)
+                return
+            data, self._body_left = data[left:], 0
+        if self._head_part:
+            data, self._head_part = self._head_part + data, b""
+        at, size = 0, len(data)
+        while at < size:
+            end = data.find(HEAD_END, at)
+            if end < 0:
+                self._head_part = data[at:]
+                if len(self._head_part) > MAX_HEAD * 4:  # aiohttp refuses it anyway
+                    self._framed, self._head_part = False, b""
+                return
+            length = body_length(data[at:end].lower())
+            if length is None:
+                self._framed = False
+                return
+            at = end + len(HEAD_END) + length
+        self._body_left = at - size
+
+    def refuse_early(self, data: bytes) -> int:
+        """Answer the whole write requests at the start of `data` with 503 `server_busy` while
+        admission control has no room (EarlyRefusals); the number of bytes they took."""
+        early = self.early
+        assert early is not None
+        assert self.transport is not None
+        started = time.perf_counter()
+        at, size = 0, len(data)
+        while at < size:
+            if data.startswith(ALERT_LINE, at):
+                route = "/alert"
+            elif data.startswith(OBJECT_LINE, at):
+                route = "/object"
+            else:
+                break
+            end = data.find(HEAD_END, at, at + MAX_HEAD)
+            if end < 0:
+                break
+            head = data[at:end]
+            lower = head.lower()
+            # Bare CR or LF are left to aiohttp's parser, which refuses them.
+            crlf = head.count(b"\r\n")
+            if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
+                break
+            if _CONNECTION in lower or _EXPECT in lower or _REQUEST_ID in lower:
+                break
+            length = body_length(lower)
+            if length is None or end + len(HEAD_END) + length > size:
+                break
+            if self.transport.get_write_buffer_size() > MAX_UNSENT:
+                break  # answers pile up unread: aiohttp's path, which waits for the client
+            message = early.admission.refusal()
+            if message is None:  # room for it: aiohttp's path
+                break
+            self.transport.write(early.answer(message))
+            at = end + len(HEAD_END) + length
+            early.counted(route, time.perf_counter() - started)
+        if at:
+            # The keep-alive (header) timer counts from the end of this answer, as after any.
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+            if self._keepalive_handle is None and self._keepalive_timeout > 0:
+                self._keepalive_handle = self._loop.call_at(
+                    self._next_keepalive_close_time, self._process_keepalive
+                )
+        return at
 
     def handle_error(
         self,
@@ -273,7 +502,7 @@ def json_error(status: int, code: str, message: str, request_id: str | None = No
 class Server(web.Server):
     """aiohttp's low-level server making `Protocol`s (its `__call__` makes its own class)."""
 
-    def __init__(self, base: web.Server, gate: Gate) -> None:
+    def __init__(self, base: web.Server, gate: Gate, early: EarlyRefusals | None = None) -> None:
         # The one aiohttp made for the application, its settings (timeouts, LINGER) kept.
         super().__init__(
             hold_back_continue(base.request_handler),
@@ -283,9 +512,15 @@ class Server(web.Server):
             **base._kwargs,
         )
         self.gate = gate
+        self.early = early
 
     def __call__(self) -> Protocol:
         return Protocol(self, loop=self._loop, **self._kwargs)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        await super().shutdown(timeout)
+        if self.early is not None:
+            self.early.close()  # the last summary line
 
 
 # -- the runner and its site ------------------------------------------------------------------
@@ -300,7 +535,10 @@ class Runner(web.AppRunner):
         app[gate_key] = self.gate  # for /metrics
 
     async def _make_server(self) -> web.Server:
-        return Server(await super()._make_server(), self.gate)
+        app = self.app
+        admission = app.get(admission_key)
+        early = None if admission is None else EarlyRefusals(admission, app.get(metrics_key))
+        return Server(await super()._make_server(), self.gate, early)
 
 
 class Site(web.BaseSite):

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,10 +22,11 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from service.batch import Committer, NewAlert
+from service.batch import AlertWrites, Committer, NewAlert
+from service.errors import DatabaseUnavailable
 from service.keys import alert_committer_key, db_key, object_committer_key
 
-from .conftest import app_of, create_object, eventually, failing_inserts
+from .conftest import app_of, create_alert, create_object, eventually, failing_inserts
 from .test_workers import fresh_connections, served, wait_all_listening
 
 Client = TestClient[Any, Any]
@@ -147,6 +149,83 @@ async def test_alerts_that_queue_behind_a_commit_share_the_next_one(
         assert await receive_ids(ws, len(mine)) == mine
         await nothing_more(ws)
         await ws.close()
+
+
+WAITING_FOR_TURN = """
+SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid)
+WHERE application_name = 'inbox' AND datname = current_database()
+  AND locktype = 'advisory' AND mode = 'ShareLock' AND NOT granted
+"""
+
+
+async def test_a_batch_that_found_the_id_lock_held_makes_the_next_gather_until_it_is_free(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    """The test's connection stands for another process's batch holding the id lock. Once a
+    batch has found it held, the next one waits for the lock to be free before it is taken, so
+    everything that arrives meanwhile joins it (without the wait, the first of them would go
+    alone and wait inside PostgreSQL, the rest forming the batch after it)."""
+    oid = (await create_object(client))["id"]
+    ws = await client.ws_connect(f"/inbox/{oid}")
+    committer = committer_of(client)
+    async with alert_lock_held(db):
+        first = asyncio.ensure_future(
+            client.post("/alert", json={"text": "a", "object_ids": [oid]})
+        )
+        await blocked_backends(db, 1)
+    assert (await first).status == 200
+    batches, turns = committer.batches, committer.turns
+    bodies = [{"text": f"n{n}", "object_ids": [oid]} for n in range(4)]
+    async with alert_lock_held(db):
+        posted = [asyncio.ensure_future(client.post("/alert", json=bodies[0]))]
+        await eventually(lambda: committer.waiting == 1)
+        deadline = asyncio.get_running_loop().time() + 5
+        while await db.fetchval(WAITING_FOR_TURN) < 1:  # the turn waits, not the batch
+            assert asyncio.get_running_loop().time() < deadline, "no turn waited"
+            await asyncio.sleep(0.01)
+        assert await db.fetchval(WAITING_ON_LOCK, "advisory") == 1
+        posted += await queue_behind(client, committer, bodies[1:])
+        assert committer.waiting == 4  # nothing taken yet: all four gather
+    results = await answers(posted)
+    assert [status for status, _ in results] == [200] * 4
+    assert committer.batches - batches == 1  # one batch of all four
+    assert committer.turns - turns == 1
+    ids = [body["id"] for _, body in results]
+    first_id = (await (await first).json())["id"]
+    assert ids == sorted(ids)
+    assert ids[0] > first_id
+    assert [body["text"] for _, body in results] == [b["text"] for b in bodies]
+    assert await receive_ids(ws, 5) == [first_id, *ids]
+    await nothing_more(ws)
+    await ws.close()
+
+
+async def test_a_lone_writer_never_waits_for_a_turn(client: Client) -> None:
+    """No other transaction holds the id lock: no batch waits for its turn (no extra round
+    trip), whether the alerts come one by one or queue behind a commit."""
+    oid = (await create_object(client))["id"]
+    committer = committer_of(client)
+    for n in range(3):
+        await create_alert(client, text=f"one {n}", object_ids=[oid])
+    posted = [
+        client.post("/alert", json={"text": f"many {n}", "object_ids": [oid]}) for n in range(20)
+    ]
+    assert [r.status for r in await asyncio.gather(*posted)] == [200] * 20
+    assert committer.turns == 0
+
+
+async def test_a_turn_that_fails_lets_the_batch_go() -> None:
+    """Waiting for a turn is only a wait: if it fails (the database went away, a statement
+    timeout), the batch goes at once and answers for itself."""
+
+    class Db:
+        async def wait_for_alert_id_lock(self) -> bool:
+            raise DatabaseUnavailable("gone")
+
+    writes = AlertWrites(Db())  # type: ignore[arg-type]
+    assert await writes.turn() is False  # never contended: no round trip
+    writes.contended_at = time.monotonic()
+    assert await writes.turn() is True  # it tried, failed, and returned
 
 
 async def test_one_failing_alert_does_not_fail_its_batch_mates(

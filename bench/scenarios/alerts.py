@@ -7,6 +7,10 @@
   cores can carry, >= 0.7 of the bare reference; both are reported, and which one binds.
 - At half capacity, open loop, with one inbox socket per recipient: POST p99 (against the raw
   one-alert path at the same rate) and POST -> frame p99 (<= 50 ms).
+- Several workers add capacity: with W > 1, the capacity against that of 1 worker measured
+  earlier in the same run (>= 1), and, as a note, the alerts per group commit over the service's
+  phases (counted by the service itself): what tells whether the workers' committers share
+  commits or split them.
 - Overload: 2x capacity offered for `overload_seconds`: completed >= 0.9x capacity, accepted
   p99 <= 1 s, refusals 503 server_busy in <= 50 ms p99, no other error, 0 frames lost or
   duplicated for the accepted alerts.
@@ -14,7 +18,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import aiohttp
 
 from ..database import reset
 from ..plan import progress
@@ -29,7 +36,33 @@ async def run(bench: Bench, server: Server, workers: int) -> None:
     check = bench.results.check
     ids = await reset(bench.db.url, 1_000)
     span = (ids[0], ids[-1])
+    before = await group_commits(server)
     service, raw = await bench.request_pair(server, workers, "alert", SCENARIO, recipients=span)
+    after = await group_commits(server)
+    commits, alerts = after[0] - before[0], after[1] - before[1]
+    bench.results.notes.append(
+        f"2 POST /alert, {workers} worker(s): {alerts / max(commits, 1):.1f} alerts per group "
+        f"commit ({commits:.0f} commits of {alerts:.0f} alerts) over the service's capacity and "
+        "half-capacity phases (inbox_writes_batched_total / inbox_write_batches_total)"
+    )
+    one = next(
+        (
+            f["throughput_rps"]
+            for f in bench.results.figures
+            if f["scenario"] == SCENARIO
+            and f["workers"] == 1
+            and f["target"].startswith("service capacity")
+        ),
+        None,
+    )
+    if workers > 1 and one:
+        check(
+            f"2 POST /alert capacity, {workers} workers / 1 worker (same run)",
+            round(service / one, 3),
+            ">= 1",
+            service >= one,
+            workers,
+        )
     bare = await bare_capacity(bench, workers, "alert", SCENARIO, recipients=span)
     to_raw, to_bare = service / raw, service / bare
     binds = "raw" if 3 * raw <= bare else "bare"  # 3x raw is within what the stack can carry
@@ -127,3 +160,20 @@ async def run(bench: Bench, server: Server, workers: int) -> None:
 
 def record(bench: Bench, workers: int, label: str, data: dict[str, Any]) -> None:
     bench.record(SCENARIO, label, workers, data)
+
+
+async def group_commits(server: Server) -> tuple[float, float]:
+    """(alert batches committed, alerts in them) so far, over every worker. A worker copies its
+    counts to the shared files every second: wait for the last second of every worker first."""
+    await asyncio.sleep(1.5)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{server.url}/metrics") as response,
+    ):
+        text = await response.text()
+    found = {}
+    for line in text.splitlines():
+        for name in ("inbox_write_batches_total", "inbox_writes_batched_total"):
+            if line.startswith(name + '{kind="alerts"}'):
+                found[name] = float(line.rsplit(" ", 1)[1])
+    return found.get("inbox_write_batches_total", 0.0), found.get("inbox_writes_batched_total", 0.0)
