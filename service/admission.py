@@ -89,8 +89,11 @@ class Admission:
 
 
 @web.middleware
-async def admit_writes(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Admit a write (counted until it is answered) or refuse it at once, cheaply."""
+def admit_writes(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Admit a write (counted until it is answered) or refuse it at once, cheaply.
+
+    Anything but a write is handed on as the handler's own awaitable: no coroutine of this
+    middleware stays suspended beside a long request (an inbox socket)."""
     resource = request.match_info.route.resource
     if (
         request.method != "POST"
@@ -98,7 +101,11 @@ async def admit_writes(request: web.Request, handler: Handler) -> web.StreamResp
         or resource.canonical not in WRITE_ROUTES
         or request.match_info.http_exception is not None
     ):
-        return await handler(request)
+        return handler(request)
+    return admit_write(request, handler)
+
+
+async def admit_write(request: web.Request, handler: Handler) -> web.StreamResponse:
     admission = request.app[admission_key]
     started = time.perf_counter()
     try:

@@ -215,9 +215,13 @@ def access_of(path: str) -> Access:
 
 
 @web.middleware
-async def access_control(request: web.Request, handler: Handler) -> web.StreamResponse:
+def access_control(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
     """Refuse a caller without the credential its route needs, before the handler runs (and so
-    before any body byte is read). An unknown path or method is answered 404/405 first."""
+    before any body byte is read). An unknown path or method is answered 404/405 first.
+
+    A plain function that hands back the handler's awaitable: it has nothing to do after the
+    handler, so no coroutine of its own stays suspended for the life of a long request (an
+    inbox socket)."""
     if request.match_info.http_exception is None:
         resource = request.match_info.route.resource
         access = access_of(resource.canonical) if resource is not None else Access.API_KEY
@@ -227,7 +231,7 @@ async def access_control(request: web.Request, handler: Handler) -> web.StreamRe
             check_object_access(request, request.match_info.get("object_id", ""))
         elif access is Access.ALERT:
             alert_scope(request)
-    return await handler(request)
+    return handler(request)
 
 
 # -- origins ----------------------------------------------------------------------------------

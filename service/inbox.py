@@ -7,17 +7,20 @@ backlog is read, so an alert committing meanwhile is held back and de-duplicated
 missed (see hub.py), and `registered`, which pairs that registration with its removal.
 
 A WebSocket costs one task, its handler, which reads what the client sends
-(`read_client_messages`, the one place that decides what a client may send); the backlog has a
-task of its own only while it is being sent. An SSE stream's handler sends the backlog itself,
-then only wakes for keep-alive comments. Live frames are written by the hub (hub.py).
+(`answer_client_message` decides what a client may send); the backlog has a task of its own only
+while it is being sent. Once upgraded, a socket lets go of what only the handshake needed
+(`shed_handshake`). An SSE stream's handler sends the backlog itself, then only wakes for
+keep-alive comments. Live frames are written by the hub (hub.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, hdrs, web
@@ -28,6 +31,7 @@ from .errors import (
     DatabaseUnavailable,
     MalformedRequest,
     NotFound,
+    ServerBusy,
     ServiceError,
     TooManySockets,
     TooManySocketsForObject,
@@ -97,42 +101,97 @@ def check_socket_limits(request: web.Request, object_id: int) -> None:
         raise TooManySockets("this server has no room for another socket; retry shortly")
 
 
-@asynccontextmanager
-async def registered(
-    request: web.Request, session: Session, stream: web.StreamResponse
-) -> AsyncIterator[Session]:
-    """The session is in the hub (and counted against the limits) exactly while this is open.
+def register(request: web.Request, session: Session, stream: web.StreamResponse) -> None:
+    """Put the session in the hub (and count it against the limits); `unregister` undoes it.
 
     The limits are checked and the stream counted with no await in between, so a burst of
     connects cannot all slip past the same check.
     """
-    hub, streams = request.app[hub_key], request.app[sockets_key]
     check_socket_limits(request, session.object_id)
-    streams.add(stream)
-    hub.add(session)
+    request.app[sockets_key].add(stream)
+    request.app[hub_key].add(session)
+
+
+def unregister(request: web.Request, session: Session, stream: web.StreamResponse) -> None:
+    request.app[hub_key].discard(session)
+    request.app[sockets_key].discard(stream)
+    session.detach()
+
+
+@asynccontextmanager
+async def registered(
+    request: web.Request, session: Session, stream: web.StreamResponse
+) -> AsyncIterator[Session]:
+    """The session is in the hub (and counted against the limits) exactly while this is open."""
+    register(request, session, stream)
     try:
         yield session
     finally:
-        hub.discard(session)
-        streams.discard(stream)
-        session.detach()
+        unregister(request, session, stream)
 
 
 async def inbox(request: web.Request) -> web.StreamResponse:
-    """`GET /inbox/{object_id}`: a WebSocket upgrade, or SSE with `Accept: text/event-stream`."""
+    """`GET /inbox/{object_id}`: a WebSocket upgrade, or SSE with `Accept: text/event-stream`.
+
+    A WebSocket is served in this coroutine itself, not in one it calls, so that an idle
+    socket keeps a single coroutine of this module suspended.
+    """
     object_id = path_id(request, "object_id")
-    sse = wants_event_stream(request)
-    after = parse_resume_point(request) if sse else parse_after(request)
+    if wants_event_stream(request):
+        after = await opening_checks(request, object_id, parse_resume_point(request))
+        return await event_stream(request, object_id, after)
+    after = await opening_checks(request, object_id, parse_after(request))
+    # What the WebSocket does for its life: it reads what the client sends (which is also what
+    # processes pongs and the close handshake); live frames are written by the hub.
+    # No per-message deflate: a compressed frame differs per socket, and frames are small.
+    ws = web.WebSocketResponse(
+        heartbeat=request.app[config_key].ws_heartbeat,
+        max_msg_size=MAX_CLIENT_MESSAGE,
+        compress=False,
+    )
+    session = SocketSession(ws, request, object_id, after)
+    try:
+        register(request, session, ws)  # before the backlog is read: see hub.py
+        try:
+            writer = await ws.prepare(request)
+            assert request.transport is not None
+            shed_handshake(request, ws)
+            session.attach(request.transport, writer.drain)
+            if session.overflowed:
+                session.close_soon(CLOSE_TOO_SLOW, TOO_SLOW)
+            else:
+                session.start_backlog(request.app[db_key], request.app[listener_key])
+            try:
+                # What `async for msg in ws` does, without its own coroutine per socket.
+                while (msg := await ws.receive()).type not in _ENDED:
+                    if msg.type is WSMsgType.TEXT:
+                        await answer_client_message(session, msg.data)
+            finally:
+                if session.backlog is not None:
+                    session.backlog.cancel()
+                await asyncio.gather(*session.tasks(), return_exceptions=True)
+        finally:
+            unregister(request, session, ws)
+    finally:
+        if ws.prepared and not ws.closed:
+            # The peer vanished without a close frame (the handler is cancelled then): closing
+            # stops the heartbeat, whose timer would otherwise hold the socket, its request and
+            # buffers for up to 1.5 x WS_HEARTBEAT after the client is gone.
+            await close(ws, request, CLOSE_GOING_AWAY, b"")
+    return ws
+
+
+async def opening_checks(request: web.Request, object_id: int, after: int | None) -> int:
+    """The origin, the credential and the object itself; the resume point (`None`: the
+    object's read cursor)."""
     auth.check_origin(request)
     auth.check_object_access(request, object_id)  # the middleware made it already; kept here
     db = request.app[db_key]
     if after is None:
-        after = await history.resolve_after(db, object_id, None)  # 404 for no such object
-    elif not await db.object_exists(object_id):
+        return await history.resolve_after(db, object_id, None)  # 404 for no such object
+    if not await db.object_exists(object_id):
         raise NotFound(f"no object with id {object_id}")
-    if sse:
-        return await event_stream(request, object_id, after)
-    return await websocket(request, object_id, after)
+    return after
 
 
 # -- the backlog -----------------------------------------------------------------------------
@@ -168,18 +227,21 @@ async def send_backlog(session: Session, db: Database, listener: Listener) -> No
 
 
 class SocketSession(Session):
-    __slots__ = ("ws",)
+    """A WebSocket's session. It holds what the socket's one task would otherwise keep in
+    closures and coroutine frames for the socket's whole life: the backlog task (only while
+    it runs) and the close tasks (only once one is needed)."""
+
+    __slots__ = ("backlog", "closing", "request", "ws")
 
     def __init__(
-        self,
-        ws: web.WebSocketResponse,
-        object_id: int,
-        after: int,
-        limit: int,
-        on_overflow: Callable[[Session], None],
+        self, ws: web.WebSocketResponse, request: web.Request, object_id: int, after: int
     ) -> None:
-        super().__init__(object_id, after, limit, on_overflow)
+        limit = request.app[config_key].ws_queue_size
+        super().__init__(object_id, after, limit, drop_slow_socket)
         self.ws = ws
+        self.request = request
+        self.backlog: asyncio.Task[None] | None = None
+        self.closing: list[asyncio.Task[None]] | None = None
 
     def is_open(self) -> bool:
         # aiohttp marks the socket closed before it writes its close frame.
@@ -189,67 +251,75 @@ class SocketSession(Session):
         if self.ws.prepared:  # one still in its handshake is cancelled with its handler
             await self.ws.close(code=CLOSE_GOING_AWAY, message=b"server shutdown")
 
+    def close_soon(self, code: int, message: bytes) -> None:
+        if self.closing is None:
+            self.closing = []
+        self.closing.append(asyncio.create_task(close(self.ws, self.request, code, message)))
 
-async def websocket(request: web.Request, object_id: int, after: int) -> web.WebSocketResponse:
-    config, db = request.app[config_key], request.app[db_key]
-    # No per-message deflate: a compressed frame differs per socket, and frames are small.
-    ws = web.WebSocketResponse(
-        heartbeat=config.ws_heartbeat, max_msg_size=MAX_CLIENT_MESSAGE, compress=False
-    )
-    closing: list[asyncio.Task[None]] = []
-    backlog: asyncio.Task[None] | None = None
-    message = b"too slow: reconnect with ?after=<last id>"
+    def start_backlog(self, db: Database, listener: Listener) -> None:
+        """Send what the client missed, then go live. A client already up to date goes live at
+        once (the same test `send_backlog` makes first), with no task at all; otherwise a task
+        sends the backlog and is let go of as soon as it is done."""
+        if listener.nothing_after(self.last_id):
+            self.start_live(self.last_id)
+            return
+        self.backlog = asyncio.create_task(send_socket_backlog(self, db, listener))
+        self.backlog.add_done_callback(self._backlog_done)
 
-    def drop_slow(session: Session) -> None:
-        log.info("inbox %s: client too slow, closing with %s", object_id, CLOSE_TOO_SLOW)
-        request.app[hub_key].discard(session)  # no more frames, whatever its close handshake takes
-        if backlog is not None:
-            backlog.cancel()
-        if ws.prepared:  # else it fell behind during its own handshake: see below
-            closing.append(asyncio.create_task(close(ws, request, CLOSE_TOO_SLOW, message)))
+    def _backlog_done(self, task: asyncio.Task[None]) -> None:
+        if self.backlog is task:
+            self.backlog = None
 
-    session = SocketSession(ws, object_id, after, config.ws_queue_size, drop_slow)
-    try:
-        async with registered(request, session, ws):  # before the backlog is read: see hub.py
-            writer = await ws.prepare(request)
-            assert request.transport is not None
-            session.attach(request.transport, writer.drain)
-            if session.overflowed:
-                closing.append(asyncio.create_task(close(ws, request, CLOSE_TOO_SLOW, message)))
-            else:
-                backlog = asyncio.create_task(send_socket_backlog(ws, request, session, db))
-            try:
-                await read_client_messages(ws, session, db)
-            finally:
-                if backlog is not None:
-                    backlog.cancel()
-                await asyncio.gather(*(t for t in (backlog, *closing) if t), return_exceptions=True)
-    finally:
-        if ws.prepared and not ws.closed:
-            # The peer vanished without a close frame (the handler is cancelled then): closing
-            # stops the heartbeat, whose timer would otherwise hold the socket, its request and
-            # buffers for up to 1.5 x WS_HEARTBEAT after the client is gone.
-            await close(ws, request, CLOSE_GOING_AWAY, b"")
-    return ws
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """What runs for the socket besides its handler: cancelled when the socket ends."""
+        return [t for t in (self.backlog, *(self.closing or ())) if t is not None]
 
 
-async def read_client_messages(ws: web.WebSocketResponse, session: Session, db: Database) -> None:
-    """Read what the client sends until the socket closes.
+# An upgraded connection's queue of parsed HTTP requests (see shed_handshake): shared, and
+# never able to hold a request, so nothing can be queued to it by mistake.
+NO_MESSAGES: deque[Any] = deque(maxlen=0)
+TOO_SLOW = b"too slow: reconnect with ?after=<last id>"
+_ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
-    Reading is what processes pongs and the close handshake. The one message a client may send
-    is an ack, `{"ack": N}`: the object's read cursor moves as with POST /object/{id}/ack, and
-    every inbox of the object, this one included, is told through the database like any other
-    ack. An ack that is refused is answered with an error frame (the standard error body) and
-    the socket stays open. Every other message is ignored, as it always was (a frame over 4 KiB
-    has already closed the socket, 1009). Acks are handled one at a time, in order.
+
+def drop_slow_socket(session: Session) -> None:
+    """The socket fell too far behind (hub.py): no more frames, then close it with 4008."""
+    assert isinstance(session, SocketSession)
+    log.info("inbox %s: client too slow, closing with %s", session.object_id, CLOSE_TOO_SLOW)
+    session.request.app[hub_key].discard(session)  # no more frames, whatever the close takes
+    if session.backlog is not None:
+        session.backlog.cancel()
+    if session.ws.prepared:  # else it fell behind during its own handshake: see inbox()
+        session.close_soon(CLOSE_TOO_SLOW, TOO_SLOW)
+
+
+def shed_handshake(request: web.Request, ws: web.WebSocketResponse) -> None:
+    """Let go of what only the handshake needed, which aiohttp would keep for the socket's
+    whole life: the response's headers (written with the 101; nothing reads them again), the
+    connection's HTTP parser and its queue of parsed requests (an upgraded connection's bytes
+    all go to the WebSocket reader). The queue is swapped for one shared deque that cannot
+    hold anything. Both are aiohttp internals: tests/test_aiohttp_contract_inbox.py fails if
+    an aiohttp within the pinned range stops leaving them unused after an upgrade."""
+    ws.headers.clear()
+    protocol = request.protocol
+    if protocol._upgraded and protocol._payload_parser is not None:
+        protocol._parser = None
+        if not protocol._messages:  # its queue of parsed requests, empty for good now
+            protocol._messages = NO_MESSAGES
+
+
+async def answer_client_message(session: SocketSession, text: str) -> None:
+    """What a client may send: an ack, `{"ack": N}`.
+
+    The object's read cursor moves as with POST /object/{id}/ack, and every inbox of the
+    object, this one included, is told through the database like any other ack. An ack that
+    is refused is answered with an error frame (the standard error body) and the socket stays
+    open. Every other message is ignored, as it always was (a frame over 4 KiB has already
+    closed the socket, 1009). Acks are handled one at a time, in order.
     """
-    async for msg in ws:
-        if msg.type == WSMsgType.ERROR:
-            break
-        if msg.type == WSMsgType.TEXT:
-            error = await client_ack(session.object_id, msg.data, db)
-            if error is not None:
-                session.send(0, ws_text_frame(orjson.dumps(error, option=orjson.OPT_NON_STR_KEYS)))
+    error = await client_ack(session.object_id, text, session.request.app[db_key])
+    if error is not None:
+        session.send(0, ws_text_frame(orjson.dumps(error, option=orjson.OPT_NON_STR_KEYS)))
 
 
 async def client_ack(object_id: int, text: str, db: Database) -> dict[str, object] | None:
@@ -268,15 +338,17 @@ async def client_ack(object_id: int, text: str, db: Database) -> dict[str, objec
     return None
 
 
-async def send_socket_backlog(
-    ws: web.WebSocketResponse, request: web.Request, session: Session, db: Database
-) -> None:
+async def send_socket_backlog(session: SocketSession, db: Database, listener: Listener) -> None:
+    ws, request = session.ws, session.request
     try:
-        await send_backlog(session, db, request.app[listener_key])
+        await send_backlog(session, db, listener)
     except ConnectionError:
         pass  # the peer is gone; the reading side sees it too and ends the session
     except DatabaseUnavailable:
         await close(ws, request, CLOSE_TRY_AGAIN, b"database unavailable: reconnect")
+    except ServerBusy:  # no pooled connection came free in DB_TIMEOUT: as busy, not broken
+        log.info("inbox %s: backlog not read, no database connection free", session.object_id)
+        await close(ws, request, CLOSE_TRY_AGAIN, b"server busy: reconnect")
     except Exception:
         log.exception("inbox %s: sending the backlog failed", session.object_id)
         await close(ws, request, CLOSE_INTERNAL_ERROR, b"internal error")

@@ -97,23 +97,28 @@ def hold_back_continue(handle: RequestHandler) -> RequestHandler:
     """Hand the application the request without `Expect` (aiohttp would answer it before
     routing); body.send_continue answers it once a route reads the body."""
 
-    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+    def handler(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        # A plain function: a request without Expect (an inbox socket among them) keeps no
+        # coroutine of this wrapper suspended for its whole life.
         expect = request.headers.get(hdrs.EXPECT)
-        if expect is not None:
-            headers = request.headers.copy()
-            del headers[hdrs.EXPECT]
-            clone = request.clone(headers=headers)
-            # Other expectations are ignored, as RFC 9110 allows.
-            clone[expects_continue_key] = expect.strip().lower() == "100-continue"
-            response = await handle(clone)
-            if not response.prepared:
-                # Prepared here, with the request the application routed: aiohttp would
-                # prepare it with the original, which has no route, and the application's
-                # on_response_prepare (X-Inbox-Worker, X-Request-Id) would not run.
-                with contextlib.suppress(ConnectionError):  # aiohttp finds that out itself
-                    await response.prepare(clone)
-            return response
-        return await handle(request)
+        if expect is None:
+            return handle(request)
+        return without_expect(request, expect)
+
+    async def without_expect(request: web.BaseRequest, expect: str) -> web.StreamResponse:
+        headers = request.headers.copy()
+        del headers[hdrs.EXPECT]
+        clone = request.clone(headers=headers)
+        # Other expectations are ignored, as RFC 9110 allows.
+        clone[expects_continue_key] = expect.strip().lower() == "100-continue"
+        response = await handle(clone)
+        if not response.prepared:
+            # Prepared here, with the request the application routed: aiohttp would
+            # prepare it with the original, which has no route, and the application's
+            # on_response_prepare (X-Inbox-Worker, X-Request-Id) would not run.
+            with contextlib.suppress(ConnectionError):  # aiohttp finds that out itself
+                await response.prepare(clone)
+        return response
 
     return handler
 
