@@ -454,11 +454,12 @@ class LeanInbox(asyncio.Protocol):
             if len(self.head) > 16384:
                 self.refuse(f"no end of the answer's head: {bytes(self.head[:200])!r}")
             return b""
-        head = bytes(self.head[:end]).lower()
+        raw = bytes(self.head[:end])
+        head = raw.lower()  # header names are case-insensitive, the accept value is not
         at = head.find(b"\r\nsec-websocket-accept:")
         stop = head.find(b"\r\n", at + 2)
-        accept = head[at + 23 : stop if stop > 0 else len(head)].strip()
-        if not head.startswith(b"http/1.1 101 ") or at < 0 or accept != self.accept.lower():
+        accept = raw[at + 23 : stop if stop > 0 else len(raw)].strip()
+        if not head.startswith(b"http/1.1 101 ") or at < 0 or accept != self.accept:
             self.refuse(f"not a valid upgrade: {bytes(self.head[:200])!r}")
             return b""
         rest = bytes(self.head[end + 4 :])
@@ -497,8 +498,14 @@ class LeanInbox(asyncio.Protocol):
                     break
                 length, at = int.from_bytes(data[at : at + 8], "big"), at + 8
             opcode, end = first & 0x0F, at + length
-            if second & 0x80 or not first & 0x80 or opcode in {0, 2} or length > MAX_FRAME:
-                # masked (a server must not mask), fragmented, binary, or absurdly long
+            if (
+                second & 0x80
+                or not first & 0x80
+                or opcode in {0, 2}
+                or length > (125 if opcode & 0x8 else MAX_FRAME)
+            ):
+                # masked (a server must not mask), fragmented, binary, or too long (a control
+                # frame carries at most 125 bytes)
                 self.last = last
                 self.protocol_error()
                 return
@@ -521,9 +528,6 @@ class LeanInbox(asyncio.Protocol):
         self.rest = data[pos:] if pos < size else b""
 
     def pong(self, payload: bytes) -> None:
-        if len(payload) > 125:
-            self.protocol_error()
-            return
         assert self.transport is not None
         self.transport.write(client_frame(0xA, payload))
         self.pongs += 1

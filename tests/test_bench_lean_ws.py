@@ -218,6 +218,15 @@ async def test_frames_split_over_reads_and_several_in_one_read() -> None:
     assert not wire.aborted
 
 
+async def test_an_accept_in_another_case_is_refused() -> None:
+    inbox, wire, tally = fed_inbox()
+    inbox.data_received(SWITCHING % RFC_ACCEPT.swapcase() + alert_frame(1))
+    with pytest.raises(HandshakeError):
+        await inbox.opened
+    assert wire.aborted
+    assert len(tally.alert) == 0
+
+
 async def test_the_answer_and_the_first_frames_in_one_read() -> None:
     inbox, _, tally = fed_inbox(after=4)
     inbox.data_received(SWITCHING % RFC_ACCEPT + alert_frame(5) + alert_frame(5))
@@ -271,8 +280,10 @@ async def test_a_close_is_answered_masked_and_counted_once() -> None:
         server_frame(0x1, b'{"id": 2', fin=False) + server_frame(0x0, b"}"),
         server_frame(0x2, b'{"id": 2}'),
         bytes([0x81, 0x80 | 9]) + b"\0\0\0\0" + b'{"id": 2}',  # masked by the server
+        server_frame(0x9, b"x" * 126),  # a control frame holds at most 125 bytes
+        bytes([0x81, 127]) + (1 << 40).to_bytes(8, "big"),  # a terabyte is no alert
     ],
-    ids=["fragmented", "binary", "masked"],
+    ids=["fragmented", "binary", "masked", "long-ping", "huge"],
 )
 async def test_a_stream_the_service_never_sends_is_a_protocol_error(frame: bytes) -> None:
     inbox, wire, tally = fed_inbox()
