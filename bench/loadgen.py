@@ -21,10 +21,11 @@ answer read by its status line and Content-Length. aiohttp's client cost as much
 request as the service's request handling (about 100-130 us against 20-50 us, probe of
 2026-11-26), and at 2x capacity it took more than one of the 2 cores the service needs.
 
-Inbox WebSockets (`clients`) are `LeanInbox` protocols for the same reason: aiohttp's client took
-about 30 us of CPU per frame received at 10,000 sockets, more than the service spent sending it
-(10-12 us), so the fan-out latencies were the load generator's. BENCH_WS_CLIENT=aiohttp brings
-aiohttp's client back for them. SSE streams, and the `storm` and `backlog` sockets (a handshake
+Inbox WebSockets (`clients`) are `LeanInbox` protocols for the same reason: in the fan-out
+scenario at 10,000 sockets the load generators took 32-43 us of CPU per frame received with
+aiohttp's client and 22-24 us with this one (three runs of each, alternating, 2026-11-27), CPU
+that the 2 cores the service runs on have to give. BENCH_WS_CLIENT=aiohttp brings aiohttp's
+client back for them. SSE streams, and the `storm` and `backlog` sockets (a handshake
 each, or one socket: not CPU-bound on our side), keep aiohttp's client.
 """
 
