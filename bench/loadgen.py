@@ -20,12 +20,20 @@ HTTP requests (`requests`, `poster`) go through `LeanClient`: keep-alive connect
 answer read by its status line and Content-Length. aiohttp's client cost as much CPU per
 request as the service's request handling (about 100-130 us against 20-50 us, probe of
 2026-11-26), and at 2x capacity it took more than one of the 2 cores the service needs.
-WebSocket and SSE clients keep aiohttp's client.
+
+Inbox WebSockets (`clients`) are `LeanInbox` protocols for the same reason: in the fan-out
+scenario at 10,000 sockets the load generators took 32-43 us of CPU per frame received with
+aiohttp's client and 22-24 us with this one (three runs of each, alternating, 2026-11-27), CPU
+that the 2 cores the service runs on have to give. BENCH_WS_CLIENT=aiohttp brings aiohttp's
+client back for them. SSE streams, and the `storm` and `backlog` sockets (a handshake
+each, or one socket: not CPU-bound on our side), keep aiohttp's client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import itertools
 import os
 import random
@@ -319,6 +327,230 @@ async def lean_post_json(client: LeanClient, path: bytes, body: bytes) -> Any:
 
 # -- WebSocket clients --------------------------------------------------------------------------
 
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
+MAX_FRAME = 1 << 24  # far above any alert; a larger length is a broken stream, not a frame
+WS_CLIENT = os.environ.get("BENCH_WS_CLIENT", "lean")
+
+
+class HandshakeError(Exception):
+    """The server did not answer the upgrade with a valid 101."""
+
+
+class Tally:
+    """What one process's inbox clients received: (object id, alert id, time) per frame."""
+
+    def __init__(self) -> None:
+        self.obj, self.alert, self.stamp = array("q"), array("q"), array("d")
+        self.state = {"out_of_order": 0, "closed": 0, "connect_errors": 0, "protocol_errors": 0}
+
+    def record(self, object_id: int, alert_id: int, last: int, when: float) -> int:
+        """Record one frame; `last` is the socket's highest alert id so far, the new one is
+        returned (an inbox delivers in id order: anything else is counted)."""
+        if alert_id <= last:
+            self.state["out_of_order"] += 1
+        self.obj.append(object_id)
+        self.alert.append(alert_id)
+        self.stamp.append(when)
+        return max(last, alert_id)
+
+
+def upgrade_request(host: str, port: int, path: str, key: bytes) -> bytes:
+    """The upgrade aiohttp's client sends for `ws_connect(url)`, header for header (the
+    service's RSS per socket and scripts/socket_footprint.py count what a handshake leaves)."""
+    return (
+        b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\nAccept: */*\r\n"
+        b"Accept-Encoding: gzip, deflate\r\nUser-Agent: Python/%d.%d aiohttp/%s\r\n\r\n"
+        % (
+            path.encode(),
+            host.encode(),
+            port,
+            key,
+            *sys.version_info[:2],
+            aiohttp.__version__.encode(),
+        )
+    )
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """A control frame (payload <= 125 bytes), masked as RFC 6455 requires of a client."""
+    mask, n = os.urandom(4), len(payload)
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    masked = (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+    return bytes((0x80 | opcode, 0x80 | n)) + mask + masked
+
+
+class LeanInbox(asyncio.Protocol):
+    """One inbox WebSocket as a bare protocol: no task, no reader, no message objects.
+
+    It sends the upgrade aiohttp's client sends, checks the 101 and its Sec-WebSocket-Accept,
+    then parses the server's frames where they arrive: text frames are recorded with ONE time
+    stamp per read (the moment the bytes reached us), pings answered with a masked pong, a
+    close answered with a masked close. The service never fragments and never sends binary,
+    so either is counted as a protocol error and the socket dropped.
+    """
+
+    def __init__(self, request: bytes, key: bytes, object_id: int, after: int, tally: Tally):
+        self.request = request
+        self.accept = base64.b64encode(hashlib.sha1(key + WS_GUID, usedforsecurity=False).digest())
+        self.object_id, self.last, self.tally = object_id, after, tally
+        self.transport: asyncio.Transport | None = None
+        self.head: bytearray | None = bytearray()  # None once the 101 has been read
+        self.rest = b""  # the start of a frame whose end has not arrived yet
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.up = False  # open, and `closed` not counted yet
+        self.pongs = 0
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        path: str,
+        object_id: int,
+        after: int,
+        tally: Tally,
+        source: str | None = None,
+        timeout: float = 60,
+    ) -> LeanInbox:
+        """Connect (from `source`, a local address) and wait for the 101, within `timeout`."""
+        key = base64.b64encode(os.urandom(16))
+        request = upgrade_request(host, port, path, key)
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            transport, inbox = await loop.create_connection(
+                lambda: cls(request, key, object_id, after, tally),
+                host,
+                port,
+                local_addr=(source, 0) if source else None,
+            )
+            try:
+                await inbox.opened
+            except BaseException:
+                transport.abort()
+                raise
+        return inbox
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport: no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("closed before the 101"))
+        self.ended()
+
+    def ended(self) -> None:
+        if self.up:
+            self.up = False
+            self.tally.state["closed"] += 1
+
+    def handshake(self, data: bytes) -> bytes:
+        """Read the answer to the upgrade; return what came after it (the first frames)."""
+        assert self.head is not None
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.head) > 16384:
+                self.refuse(f"no end of the answer's head: {bytes(self.head[:200])!r}")
+            return b""
+        raw = bytes(self.head[:end])
+        head = raw.lower()  # header names are case-insensitive, the accept value is not
+        at = head.find(b"\r\nsec-websocket-accept:")
+        stop = head.find(b"\r\n", at + 2)
+        accept = raw[at + 23 : stop if stop > 0 else len(raw)].strip()
+        if not head.startswith(b"http/1.1 101 ") or at < 0 or accept != self.accept:
+            self.refuse(f"not a valid upgrade: {bytes(self.head[:200])!r}")
+            return b""
+        rest = bytes(self.head[end + 4 :])
+        self.head = None
+        self.up = True
+        self.opened.set_result(None)
+        return rest
+
+    def refuse(self, why: str) -> None:
+        assert self.transport is not None
+        self.transport.abort()
+        if not self.opened.done():
+            self.opened.set_exception(HandshakeError(why))
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()  # one stamp for every frame of this read
+        if self.head is not None:
+            data = self.handshake(data)
+            if not data:
+                return
+        if not self.up:
+            return  # after a close or a protocol error: the rest is not ours to read
+        if self.rest:
+            data = self.rest + data
+        size, pos = len(data), 0
+        object_id, last, record = self.object_id, self.last, self.tally.record
+        while size - pos >= 2:
+            first, second = data[pos], data[pos + 1]
+            length, at = second & 0x7F, pos + 2
+            if length == 126:
+                if size - at < 2:
+                    break
+                length, at = int.from_bytes(data[at : at + 2], "big"), at + 2
+            elif length == 127:
+                if size - at < 8:
+                    break
+                length, at = int.from_bytes(data[at : at + 8], "big"), at + 8
+            opcode, end = first & 0x0F, at + length
+            if (
+                second & 0x80
+                or not first & 0x80
+                or opcode in {0, 2}
+                or length > (125 if opcode & 0x8 else MAX_FRAME)
+            ):
+                # masked (a server must not mask), fragmented, binary, or too long (a control
+                # frame carries at most 125 bytes)
+                self.last = last
+                self.protocol_error()
+                return
+            if end > size:
+                break
+            if opcode == 1:
+                last = record(object_id, orjson.loads(data[at:end])["id"], last, now)
+            elif opcode == 9:
+                self.pong(data[at:end])
+            elif opcode == 8:
+                self.last = last
+                self.close_answer(data[at : at + 2])
+                return
+            elif opcode != 10:
+                self.last = last
+                self.protocol_error()
+                return
+            pos = end
+        self.last = last
+        self.rest = data[pos:] if pos < size else b""
+
+    def pong(self, payload: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(client_frame(0xA, payload))
+        self.pongs += 1
+
+    def close_answer(self, code: bytes) -> None:
+        """The server closes: echo its code, masked, and close our side (as aiohttp's client
+        does; the server is waiting for our close frame, then for the FIN)."""
+        assert self.transport is not None
+        self.transport.write(client_frame(0x8, code))
+        self.transport.close()
+        self.ended()
+
+    def protocol_error(self) -> None:
+        self.tally.state["protocol_errors"] += 1
+        assert self.transport is not None
+        self.transport.abort()
+        self.ended()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
 
 def ws_session(source: str | None = None) -> aiohttp.ClientSession:
     """A client session; `source` binds its sockets to that local address (127.0.0.x), so that
@@ -333,16 +565,19 @@ def ws_session(source: str | None = None) -> aiohttp.ClientSession:
 async def clients_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, Any]:
     """Hold one inbox per object id, a WebSocket or (`kind: sse`) an SSE stream, and record
     (object id, alert id, time) per frame. `sources` spreads the sockets over that many
-    loopback addresses (127.0.0.2, 127.0.0.3, ...)."""
+    loopback addresses (127.0.0.2, 127.0.0.3, ...). WebSockets are `LeanInbox` protocols;
+    with BENCH_WS_CLIENT=aiohttp they are aiohttp's client's, as SSE streams always are."""
     url, after, ids = cfg["url"], cfg["after"], cfg["object_ids"]
     sse = cfg.get("kind", "ws") == "sse"
-    obj, alert, stamp = array("q"), array("q"), array("d")
-    state = {"out_of_order": 0, "closed": 0, "connect_errors": 0}
+    lean = not sse and WS_CLIENT != "aiohttp"
+    tally = Tally()
+    state = tally.state
     sockets: list[Any] = []
     connecting = asyncio.Semaphore(cfg.get("connect_concurrency", 100))
     sources, offset = cfg.get("sources", 0), cfg.get("source_offset", 0)
-    sessions = [ws_session(f"127.0.0.{2 + offset + n}") for n in range(sources)]
-    sessions = sessions or [ws_session()]
+    addresses: list[str | None] = [f"127.0.0.{2 + offset + n}" for n in range(sources)] or [None]
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
 
     all_tried = asyncio.Event()
 
@@ -350,13 +585,18 @@ async def clients_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> d
         if len(sockets) + state["connect_errors"] >= len(ids):
             all_tried.set()
 
-    def record(object_id: int, alert_id: int, last: int) -> int:
-        if alert_id <= last:
-            state["out_of_order"] += 1
-        obj.append(object_id)
-        alert.append(alert_id)
-        stamp.append(time.monotonic())
-        return max(last, alert_id)
+    async def hold_lean(source: str | None, object_id: int) -> None:
+        async with connecting:
+            try:
+                inbox = await LeanInbox.open(
+                    host, port, f"/inbox/{object_id}?after={after}", object_id, after, tally, source
+                )
+            except (OSError, TimeoutError, HandshakeError):
+                state["connect_errors"] += 1
+                tried()
+                return
+        sockets.append(inbox)
+        tried()
 
     async def hold_ws(session: aiohttp.ClientSession, object_id: int) -> None:
         async with connecting:
@@ -375,7 +615,7 @@ async def clients_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> d
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 break
-            last = record(object_id, orjson.loads(msg.data)["id"], last)
+            last = tally.record(object_id, orjson.loads(msg.data)["id"], last, time.monotonic())
         state["closed"] += 1
 
     async def hold_sse(session: aiohttp.ClientSession, object_id: int) -> None:
@@ -396,28 +636,40 @@ async def clients_mode(cfg: dict[str, Any], commands: asyncio.StreamReader) -> d
         last = after
         async for line in response.content:
             if line.startswith(b"id: "):  # each alert's event: id, then its data line
-                last = record(object_id, int(line[4:]), last)
+                last = tally.record(object_id, int(line[4:]), last, time.monotonic())
         state["closed"] += 1
 
-    hold = hold_sse if sse else hold_ws
-    holders = [asyncio.create_task(hold(sessions[n % len(sessions)], i)) for n, i in enumerate(ids)]
+    if lean:
+        holders = [
+            asyncio.create_task(hold_lean(addresses[n % len(addresses)], i))
+            for n, i in enumerate(ids)
+        ]
+    else:
+        sessions = [ws_session(source) for source in addresses]
+        hold = hold_sse if sse else hold_ws
+        holders = [
+            asyncio.create_task(hold(sessions[n % len(sessions)], i)) for n, i in enumerate(ids)
+        ]
     await all_tried.wait()
     emit("ready", connected=len(sockets), connect_errors=state["connect_errors"])
     while True:
         line = (await commands.readline()).strip().decode()
         if line == "progress":
-            emit("progress", frames=len(alert))
+            emit("progress", frames=len(tally.alert))
         elif line in {"stop", ""}:
             break
     result = {
-        "object_ids": obj.tolist(),
-        "alert_ids": alert.tolist(),
-        "times": stamp.tolist(),
+        "object_ids": tally.obj.tolist(),
+        "alert_ids": tally.alert.tolist(),
+        "times": tally.stamp.tolist(),
         "connected": len(sockets),
         **state,
     }
     for task in holders:
         task.cancel()
+    if lean:
+        for inbox in sockets:
+            inbox.close()
     return result
 
 
