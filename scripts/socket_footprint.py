@@ -4,8 +4,8 @@
 
 Runs the application in this process as `inbox serve` does (service.server.start), on a
 throwaway database of DATABASE_URL's server (or the embedded one) with N objects, opens N
-WebSockets from a child process (raw sockets sending the handshake headers aiohttp's client
-sends, as the bench's load generators do, `?after=0`), waits a second, and prints per socket:
+WebSockets from a child process (raw sockets sending the upgrade the bench's load generators
+send, bench.loadgen.upgrade_request, `?after=0`), waits a second, and prints per socket:
 the RSS delta, glibc malloc's in-use delta (C allocations: the rest is Python's own arenas),
 Python's allocated blocks; with --census the gc-tracked objects by type (sys.getsizeof), with
 --trace the tracemalloc delta by line. Before the measurement 200 sockets are opened and
@@ -29,12 +29,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-HEADERS = (
-    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-    "Accept: */*\r\nAccept-Encoding: gzip, deflate\r\nUser-Agent: Python/3.11 aiohttp/3.14.5\r\n"
-)
-
 
 def raise_nofile() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -43,6 +37,8 @@ def raise_nofile() -> None:
 
 async def clients(port: int, n: int) -> None:
     """The child: open n sockets, say `ready n`, hold them until a line on stdin."""
+    from bench.loadgen import upgrade_request
+
     raise_nofile()
     gate = asyncio.Semaphore(100)
     held = []
@@ -50,11 +46,8 @@ async def clients(port: int, n: int) -> None:
     async def one(object_id: int) -> None:
         async with gate:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            key = base64.b64encode(os.urandom(16)).decode()
-            writer.write(
-                f"GET /inbox/{object_id}?after=0 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                f"Sec-WebSocket-Key: {key}\r\n{HEADERS}\r\n".encode()
-            )
+            key = base64.b64encode(os.urandom(16))
+            writer.write(upgrade_request("127.0.0.1", port, f"/inbox/{object_id}?after=0", key))
             head = await reader.readuntil(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 101"), head[:100]
             held.append(writer)
