@@ -1,11 +1,13 @@
 """What one idle inbox socket holds in the serving process.
 
-    python scripts/socket_footprint.py [N] [--census] [--trace FRAMES]
+    python scripts/socket_footprint.py [N] [--census] [--trace FRAMES] [--heartbeat S]
 
 Runs the application in this process as `inbox serve` does (service.server.start), on a
 throwaway database of DATABASE_URL's server (or the embedded one) with N objects, opens N
-WebSockets from a child process (raw sockets sending the upgrade the bench's load generators
-send, bench.loadgen.upgrade_request, `?after=0`), waits a second, and prints per socket:
+WebSockets from a child process (the bench's load generators' client, bench.loadgen.LeanInbox:
+the same upgrade, `?after=0`, pings answered), waits a second (with --heartbeat S below 30,
+WS_HEARTBEAT=S and 2.5 S + 1 seconds, so that every socket has answered pings), and prints per
+socket:
 the RSS delta, glibc malloc's in-use delta (C allocations: the rest is Python's own arenas),
 Python's allocated blocks; with --census the gc-tracked objects by type (sys.getsizeof), with
 --trace the tracemalloc delta by line. Before the measurement 200 sockets are opened and
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import collections
 import ctypes
 import gc
@@ -36,25 +37,23 @@ def raise_nofile() -> None:
 
 
 async def clients(port: int, n: int) -> None:
-    """The child: open n sockets, say `ready n`, hold them until a line on stdin."""
-    from bench.loadgen import upgrade_request
+    """The child: open n inboxes as the bench's load generators do (LeanInbox: the same
+    upgrade, pings answered), say `ready n`, hold them until a line on stdin."""
+    from bench.loadgen import LeanInbox, Tally
 
     raise_nofile()
-    gate = asyncio.Semaphore(100)
+    gate, tally = asyncio.Semaphore(100), Tally()
     held = []
 
     async def one(object_id: int) -> None:
         async with gate:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            key = base64.b64encode(os.urandom(16))
-            writer.write(upgrade_request("127.0.0.1", port, f"/inbox/{object_id}?after=0", key))
-            head = await reader.readuntil(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 101"), head[:100]
-            held.append(writer)
+            path = f"/inbox/{object_id}?after=0"
+            held.append(await LeanInbox.open("127.0.0.1", port, path, object_id, 0, tally))
 
     await asyncio.gather(*(one(i + 1) for i in range(n)))
     print("ready", len(held), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    print("pongs", sum(inbox.pongs for inbox in held), "closed", tally.state["closed"], flush=True)
 
 
 def rss() -> int:
@@ -116,11 +115,15 @@ async def open_sockets(port: int, n: int) -> subprocess.Popen[str]:
     return child
 
 
-def close_sockets(child: subprocess.Popen[str]) -> None:
+def close_sockets(child: subprocess.Popen[str]) -> str:
+    """Let the child close its sockets; what it says of them (pongs sent, closed by the server)."""
     assert child.stdin is not None
+    assert child.stdout is not None
     child.stdin.write("\n")
     child.stdin.flush()
+    said = child.stdout.read().strip()
     child.wait()
+    return said
 
 
 async def measure(args: argparse.Namespace, url: str) -> None:
@@ -145,6 +148,7 @@ async def measure(args: argparse.Namespace, url: str) -> None:
         "WS_MAX_PER_PROCESS": str(n + 10),
         "MAX_CONNECTIONS": str(n + 100),
         "LOG_LEVEL": "warning",
+        "WS_HEARTBEAT": str(args.heartbeat),
     }
     config = Config.from_env(environ=environ, env_file=None)
     site = await server.start(create_app(config, url), config)
@@ -158,7 +162,8 @@ async def measure(args: argparse.Namespace, url: str) -> None:
         census0 = census() if args.census else {}
         snap0 = tracemalloc.take_snapshot() if args.trace else None
         child = await open_sockets(site.port, n)
-        await asyncio.sleep(1.0)
+        # With a heartbeat shorter than the default, every socket answers pings before this.
+        await asyncio.sleep(1.0 if args.heartbeat >= 30 else 2.5 * args.heartbeat + 1.0)
         gc.collect()
         rss1, malloc1, blocks1 = rss(), malloc_in_use(), sys.getallocatedblocks()
         print(f"{n} idle sockets, per socket:")
@@ -184,7 +189,7 @@ async def measure(args: argparse.Namespace, url: str) -> None:
             for stat in stats[:40]:
                 frame = stat.traceback[0]
                 print(f"    {stat.size_diff / n:7.0f} B  {frame.filename}:{frame.lineno}")
-        close_sockets(child)
+        print(f"  clients: {close_sockets(child)}")
     finally:
         await site.owner.cleanup()
 
@@ -197,6 +202,13 @@ def main() -> None:
     parser.add_argument("n", type=int, nargs="?", default=10_000)
     parser.add_argument("--census", action="store_true")
     parser.add_argument("--trace", type=int, default=0, metavar="FRAMES")
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="WS_HEARTBEAT; below 30 the measurement waits until each socket answered pings",
+    )
     args = parser.parse_args()
 
     import testbed
