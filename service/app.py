@@ -116,6 +116,7 @@ def create_app(config: Config, database_url: str) -> web.Application:
     app.cleanup_ctx.append(pool_context(database_url))
     app.cleanup_ctx.append(batch.committers_context)
     app.cleanup_ctx.append(listener_context(config.listen_database_url or database_url))
+    app.cleanup_ctx.append(inbox.ping_sockets)
     if app[metrics_key].multiprocess:
         app.cleanup_ctx.append(metrics.sync_context)
     app.on_shutdown.append(inbox.close_all_inboxes)

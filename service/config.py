@@ -215,7 +215,8 @@ class Config:
     ws_heartbeat: float = setting(
         "30",
         _positive_float,
-        "seconds between WebSocket pings; a peer that misses a pong is closed",
+        "seconds between WebSocket pings; a peer that sends nothing, not even a pong, between "
+        "two pings is dropped",
     )
     listen_probe_interval: float = setting(
         "10",

@@ -8,9 +8,10 @@ missed (see hub.py), and `registered`, which pairs that registration with its re
 
 A WebSocket costs one task, its handler, which reads what the client sends
 (`answer_client_message` decides what a client may send); the backlog has a task of its own only
-while it is being sent. Once upgraded, a socket lets go of what only the handshake needed
-(`shed_handshake`). An SSE stream's handler sends the backlog itself, then only wakes for
-keep-alive comments. Live frames are written by the hub (hub.py).
+while it is being sent, and one task of the process pings every socket (`ping_sockets`). Once
+upgraded, a socket lets go of what only the handshake needed (`shed_handshake`). An SSE
+stream's handler sends the backlog itself, then only wakes for keep-alive comments. Live frames
+are written by the hub (hub.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import orjson
@@ -38,7 +39,7 @@ from .errors import (
 )
 from .frames import SSE_KEEPALIVE, Prepared, http_chunk, ws_text_frame
 from .handlers import path_id
-from .hub import Session
+from .hub import SLICE, Hub, Session
 from .keys import config_key, db_key, hub_key, listener_key, sockets_key
 from .listener import Listener
 from .wire import (
@@ -144,11 +145,9 @@ async def inbox(request: web.Request) -> web.StreamResponse:
     # What the WebSocket does for its life: it reads what the client sends (which is also what
     # processes pongs and the close handshake); live frames are written by the hub.
     # No per-message deflate: a compressed frame differs per socket, and frames are small.
-    ws = web.WebSocketResponse(
-        heartbeat=request.app[config_key].ws_heartbeat,
-        max_msg_size=MAX_CLIENT_MESSAGE,
-        compress=False,
-    )
+    # No aiohttp heartbeat: one task pings every socket of the process (`ping_sockets`), and
+    # this loop answers the client's pings itself (autoping off: it sees pongs too).
+    ws = web.WebSocketResponse(max_msg_size=MAX_CLIENT_MESSAGE, compress=False, autoping=False)
     session = SocketSession(ws, request, object_id, after)
     try:
         register(request, session, ws)  # before the backlog is read: see hub.py
@@ -164,8 +163,11 @@ async def inbox(request: web.Request) -> web.StreamResponse:
             try:
                 # What `async for msg in ws` does, without its own coroutine per socket.
                 while (msg := await ws.receive()).type not in _ENDED:
+                    session.heard = True  # anything from the peer answers the last ping
                     if msg.type is WSMsgType.TEXT:
                         await answer_client_message(session, msg.data)
+                    elif msg.type is WSMsgType.PING:
+                        await ws.pong(msg.data)
             finally:
                 if session.backlog is not None:
                     session.backlog.cancel()
@@ -174,9 +176,7 @@ async def inbox(request: web.Request) -> web.StreamResponse:
             unregister(request, session, ws)
     finally:
         if ws.prepared and not ws.closed:
-            # The peer vanished without a close frame (the handler is cancelled then): closing
-            # stops the heartbeat, whose timer would otherwise hold the socket, its request and
-            # buffers for up to 1.5 x WS_HEARTBEAT after the client is gone.
+            # The peer vanished without a close frame (the handler is cancelled then).
             await close(ws, request, CLOSE_GOING_AWAY, b"")
     return ws
 
@@ -231,7 +231,7 @@ class SocketSession(Session):
     closures and coroutine frames for the socket's whole life: the backlog task (only while
     it runs) and the close tasks (only once one is needed)."""
 
-    __slots__ = ("backlog", "closing", "request", "ws")
+    __slots__ = ("backlog", "closing", "heard", "pinged", "request", "ws")
 
     def __init__(
         self, ws: web.WebSocketResponse, request: web.Request, object_id: int, after: int
@@ -242,6 +242,8 @@ class SocketSession(Session):
         self.request = request
         self.backlog: asyncio.Task[None] | None = None
         self.closing: list[asyncio.Task[None]] | None = None
+        self.pinged = False  # a ping went out, and
+        self.heard = False  # the peer sent something since
 
     def is_open(self) -> bool:
         # aiohttp marks the socket closed before it writes its close frame.
@@ -270,6 +272,20 @@ class SocketSession(Session):
         if self.backlog is task:
             self.backlog = None
 
+    def beat(self) -> None:
+        """One heartbeat: a peer that sent nothing since the last ping is gone (its connection
+        is aborted, close code 1006, as aiohttp's own heartbeat does); any other is pinged.
+        The ping is one whole frame written like the hub's, so it falls between frames."""
+        transport = self._writable()
+        if transport is None:
+            return  # still in its handshake, or closing
+        if self.pinged and not self.heard:
+            log.info("inbox %s: no answer to a ping, closing", self.object_id)
+            transport.abort()
+            return
+        self.pinged, self.heard = True, False
+        transport.write(PING)
+
     def tasks(self) -> list[asyncio.Task[None]]:
         """What runs for the socket besides its handler: cancelled when the socket ends."""
         return [t for t in (self.backlog, *(self.closing or ())) if t is not None]
@@ -279,6 +295,7 @@ class SocketSession(Session):
 # never able to hold a request, so nothing can be queued to it by mistake.
 NO_MESSAGES: deque[Any] = deque(maxlen=0)
 TOO_SLOW = b"too slow: reconnect with ?after=<last id>"
+PING = bytes((0x89, 0x00))  # a server's ping frame with no payload: the same for every socket
 _ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
 
@@ -449,6 +466,33 @@ async def event_stream(request: web.Request, object_id: int, after: int) -> web.
 
 
 # -- shutdown --------------------------------------------------------------------------------
+
+
+async def ping_sockets(app: web.Application) -> AsyncIterator[None]:
+    """The heartbeat of every WebSocket of the process (cleanup context): one task and one
+    timer for all of them, instead of aiohttp's two timers, a task per ping and a larger
+    attribute table on every socket (1.5 KiB of memory per socket once pinged)."""
+    task = asyncio.create_task(
+        ping_forever(app[hub_key], app[config_key].ws_heartbeat), name="inbox heartbeat"
+    )
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
+async def ping_forever(hub: Hub, interval: float) -> None:
+    """Every `interval` seconds each open WebSocket gets a ping (`SocketSession.beat`), and one
+    that has not answered the last is dropped: a peer is gone 1 to 2 intervals after it last
+    spoke. Sockets are visited `SLICE` at a time, with a turn of the event loop in between, as
+    the hub writes a burst."""
+    while True:
+        await asyncio.sleep(interval)
+        sessions = [s for s in hub.sessions() if isinstance(s, SocketSession)]
+        for start in range(0, len(sessions), SLICE):
+            for session in sessions[start : start + SLICE]:
+                session.beat()
+            await asyncio.sleep(0)
 
 
 async def close_all_inboxes(app: web.Application) -> None:

@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web, web_protocol
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.test_utils import TestClient, TestServer
 
-from service.inbox import NO_MESSAGES, shed_handshake
+from service.inbox import NO_MESSAGES, PING, shed_handshake
 
 
 def test_the_protocol_still_has_the_attributes_shed_handshake_reads() -> None:
@@ -74,19 +74,27 @@ def test_requests_are_queued_only_before_an_upgrade_or_after_a_declined_one() ->
 
 
 async def test_a_socket_without_its_http_parser_still_works() -> None:
-    """Text both ways, ping/pong, the heartbeat, flow control and the close handshake on a
-    socket whose parser and response headers were shed."""
+    """Text both ways, ping/pong as the service does them (its own ping frame written to the
+    transport, autoping off: the handler answers pings and sees pongs), flow control and the
+    close handshake on a socket whose parser and response headers were shed."""
     shed: list[Any] = []
+    pongs: list[bytes] = []
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=0.2)
+        ws = web.WebSocketResponse(autoping=False)
         await ws.prepare(request)
         shed_handshake(request, ws)
         protocol = request.protocol
         shed.append((protocol._parser, protocol._messages is NO_MESSAGES, protocol._keepalive))
         shed.append(len(ws.headers))
+        assert request.transport is not None
+        request.transport.write(PING)  # what SocketSession.beat writes
         async for msg in ws:
-            if msg.type is WSMsgType.TEXT and msg.data == "bye":
+            if msg.type is WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type is WSMsgType.PONG:
+                pongs.append(msg.data)
+            elif msg.type is WSMsgType.TEXT and msg.data == "bye":
                 await ws.close(code=4001, message=b"bye")
             elif msg.type is WSMsgType.TEXT:
                 request.protocol.pause_reading()  # flow control on an upgraded connection
@@ -99,12 +107,12 @@ async def test_a_socket_without_its_http_parser_still_works() -> None:
     async with TestClient(TestServer(app)) as client:
         ws = await client.ws_connect("/", autoping=False)
         assert ws._response.headers["Upgrade"].lower() == "websocket"
+        ping = await ws.receive(timeout=5)  # the server's heartbeat
+        assert (ping.type, ping.data) == (WSMsgType.PING, b"")
+        await ws.pong(ping.data)
         await ws.send_str("hello")
         msg = await ws.receive(timeout=5)
         assert (msg.type, msg.data) == (WSMsgType.TEXT, "HELLO")
-        ping = await ws.receive(timeout=5)  # the server's heartbeat
-        assert ping.type is WSMsgType.PING
-        await ws.pong(ping.data)
         await ws.ping(b"p")
         pong = await ws.receive(timeout=5)
         assert (pong.type, pong.data) == (WSMsgType.PONG, b"p")
@@ -116,6 +124,7 @@ async def test_a_socket_without_its_http_parser_still_works() -> None:
         assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 4001, "bye")
         await ws.close()
     assert shed == [(None, True, False), 0]
+    assert pongs == [b""]
 
 
 async def test_a_peer_that_vanishes_ends_a_socket_without_its_parser() -> None:

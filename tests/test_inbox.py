@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import ClientWebSocketResponse, WSMsgType
+from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 from service.keys import hub_key, listener_key
@@ -412,6 +412,63 @@ async def test_heartbeat_drops_a_peer_that_stops_answering(make_client: Any) -> 
     msg = await reading
     assert json.loads(msg.data)["id"] == alert["id"]
     await dead.close()
+
+
+async def test_pings_come_every_heartbeat_and_a_peer_that_stops_answering_is_dropped(
+    make_client: Any,
+) -> None:
+    client = await make_client(WS_HEARTBEAT="0.2")
+    obj = await create_object(client)
+    ws = await client.ws_connect(f"/inbox/{obj['id']}", autoping=False)
+    hub = app_of(client)[hub_key]
+    await connected(client, obj["id"])
+    started = asyncio.get_running_loop().time()
+    for _ in range(5):  # answered by hand: the socket stays through several heartbeats
+        ping = await ws.receive(timeout=5)
+        assert (ping.type, ping.data) == (WSMsgType.PING, b"")
+        await ws.pong(ping.data)
+    assert asyncio.get_running_loop().time() - started >= 0.6  # one ping an interval, no more
+    assert hub.is_connected(obj["id"])
+    # then silence: gone within two intervals of the last answer
+    await eventually(lambda: not hub.is_connected(obj["id"]), timeout=2)
+    ended = await ws.receive(timeout=5)
+    while ended.type is WSMsgType.PING:
+        ended = await ws.receive(timeout=5)
+    assert ended.type in {WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR}
+
+
+async def test_a_client_ping_is_answered_with_its_payload(make_client: Any) -> None:
+    client = await make_client()
+    obj = await create_object(client)
+    ws = await client.ws_connect(f"/inbox/{obj['id']}", autoping=False)
+    await connected(client, obj["id"])
+    await ws.ping(b"are you there")
+    pong = await ws.receive(timeout=5)
+    assert (pong.type, pong.data) == (WSMsgType.PONG, b"are you there")
+    await ws.close()
+
+
+async def test_the_heartbeat_keeps_no_timer_per_socket(make_client: Any) -> None:
+    """One task pings every socket: after several heartbeats of 100 sockets the event loop
+    holds no timer of a server WebSocket (aiohttp's own heartbeat keeps one or two each)."""
+    client = await make_client(WS_HEARTBEAT="0.3")
+    objects = [await create_object(client) for _ in range(100)]
+    sockets, readers = [], []
+    for o in objects:
+        sockets.append(await connect(client, o["id"]))
+        readers.append(asyncio.ensure_future(sockets[-1].receive(timeout=10)))  # answers pings
+    for o in objects:
+        await connected(client, o["id"])
+    await asyncio.sleep(1.0)
+    loop = asyncio.get_running_loop()
+    timers = [t for t in loop._scheduled if not t.cancelled()]  # type: ignore[attr-defined]
+    owners = [getattr(t._callback, "__self__", None) for t in timers]
+    assert not [o for o in owners if isinstance(o, web.WebSocketResponse)]
+    assert all(app_of(client)[hub_key].is_connected(o["id"]) for o in objects)
+    for reader in readers:
+        reader.cancel()
+    for ws in sockets:
+        await ws.close()
 
 
 async def test_backlog_query_is_never_served_from_a_generic_plan(
