@@ -465,7 +465,7 @@ async def event_stream(request: web.Request, object_id: int, after: int) -> web.
     return response
 
 
-# -- shutdown --------------------------------------------------------------------------------
+# -- the heartbeat of every WebSocket --------------------------------------------------------
 
 
 async def ping_sockets(app: web.Application) -> AsyncIterator[None]:
@@ -493,6 +493,9 @@ async def ping_forever(hub: Hub, interval: float) -> None:
             for session in sessions[start : start + SLICE]:
                 session.beat()
             await asyncio.sleep(0)
+
+
+# -- shutdown --------------------------------------------------------------------------------
 
 
 async def close_all_inboxes(app: web.Application) -> None:
