@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 
 WS_TEXT = 0x81  # FIN + opcode 1 (text); no RSV bits: per-message deflate is off
+WS_PING = bytes((0x89, 0x00))  # a whole ping frame with no payload: the heartbeat's, every socket's
 SSE_KEEPALIVE = b": keep-alive\n\n"
 
 

@@ -37,7 +37,7 @@ from .errors import (
     TooManySockets,
     TooManySocketsForObject,
 )
-from .frames import SSE_KEEPALIVE, Prepared, http_chunk, ws_text_frame
+from .frames import SSE_KEEPALIVE, WS_PING, Prepared, http_chunk, ws_text_frame
 from .handlers import path_id
 from .hub import SLICE, Hub, Session
 from .keys import config_key, db_key, hub_key, listener_key, sockets_key
@@ -284,7 +284,7 @@ class SocketSession(Session):
             transport.abort()
             return
         self.pinged, self.heard = True, False
-        transport.write(PING)
+        transport.write(WS_PING)
 
     def tasks(self) -> list[asyncio.Task[None]]:
         """What runs for the socket besides its handler: cancelled when the socket ends."""
@@ -295,7 +295,6 @@ class SocketSession(Session):
 # never able to hold a request, so nothing can be queued to it by mistake.
 NO_MESSAGES: deque[Any] = deque(maxlen=0)
 TOO_SLOW = b"too slow: reconnect with ?after=<last id>"
-PING = bytes((0x89, 0x00))  # a server's ping frame with no payload: the same for every socket
 _ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
 

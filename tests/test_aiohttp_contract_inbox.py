@@ -19,7 +19,8 @@ from aiohttp import WSMsgType, web, web_protocol
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.test_utils import TestClient, TestServer
 
-from service.inbox import NO_MESSAGES, PING, shed_handshake
+from service.frames import WS_PING
+from service.inbox import NO_MESSAGES, shed_handshake
 
 
 def test_the_protocol_still_has_the_attributes_shed_handshake_reads() -> None:
@@ -88,7 +89,7 @@ async def test_a_socket_without_its_http_parser_still_works() -> None:
         shed.append((protocol._parser, protocol._messages is NO_MESSAGES, protocol._keepalive))
         shed.append(len(ws.headers))
         assert request.transport is not None
-        request.transport.write(PING)  # what SocketSession.beat writes
+        request.transport.write(WS_PING)  # what SocketSession.beat writes
         async for msg in ws:
             if msg.type is WSMsgType.PING:
                 await ws.pong(msg.data)
