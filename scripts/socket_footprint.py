@@ -86,6 +86,9 @@ def malloc_in_use() -> int:
 
 
 def census() -> dict[str, list[int]]:
+    # The hub freezes what is alive after a wave of connections (gc.freeze), and
+    # gc.get_objects() does not list frozen objects: move them back so they are counted.
+    gc.unfreeze()
     out: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     for obj in gc.get_objects():
         kind = type(obj)
