@@ -3,7 +3,7 @@
 The fan-out scenario's poster (400 alerts at 50/s, one recipient each) against `inbox serve`
 and then the bare broadcast reference, with no inbox open and with the one recipient's inbox
 open, twice each: what each alert costs besides writing its frames (POST, commit, NOTIFY,
-dispatch and the frame's query in the service; the POST alone in the reference).
+dispatch in the service; the POST alone in the reference).
 
     .venv/bin/python -m bench.per_alert
 """

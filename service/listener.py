@@ -3,8 +3,9 @@
 Two tasks:
 - the supervisor keeps a dedicated connection (never a pooled one) LISTENing on `alerts`,
   reconnecting with capped exponential backoff when it drops;
-- the dispatcher takes notifications off a queue in arrival order (= commit order = id order),
-  reads the frames of a batch in one query, and publishes them to the hub.
+- the dispatcher takes notifications off a queue in arrival order (= commit order = id order)
+  and publishes each alert's frame, which its notification carries (migration 0005), to the
+  hub; the frames of a batch too long to ride in their notifications are read in one query.
 
 Read-cursor moves arrive on channel `acks` on the same connection, so they keep their commit
 order relative to alerts: each is handed to the hub (`publish_ack`) after every alert that
@@ -60,6 +61,7 @@ BATCH = 256  # notifications resolved per query; below WS_QUEUE_SIZE so a burst 
 class Notification:
     alert_id: int
     object_ids: list[int] | None  # None: too many to list in the payload, look them up
+    frame: bytes | None  # None: too long to carry in the payload, read it (migration 0005)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,10 +209,13 @@ class Listener:
             assert isinstance(payload, str)
             data = orjson.loads(payload)
             ids = data["object_ids"]
+            frame = data.get("frame")
             notification = Notification(
-                int(data["alert_id"]), None if ids is None else [int(i) for i in ids]
+                int(data["alert_id"]),
+                None if ids is None else [int(i) for i in ids],
+                None if frame is None else frame.encode(),
             )
-        except (AssertionError, ValueError, KeyError, TypeError) as exc:
+        except (AssertionError, AttributeError, ValueError, KeyError, TypeError) as exc:
             log.error("ignoring malformed notification %r: %s", str(payload)[:200], exc)
             return
         self.hub.meter.notified(notification.alert_id)
@@ -307,6 +312,7 @@ class Listener:
     async def _dispatch(self, batch: list[Notification]) -> None:
         high_water = self.high_water or 0
         targets: list[tuple[int, list[int]]] = []
+        frames: dict[int, bytes] = {}
         for note in batch:
             if note.alert_id <= high_water:
                 continue  # already delivered by a catch-up
@@ -321,9 +327,12 @@ class Listener:
                 recipients = [oid for oid in note.object_ids if self.hub.is_connected(oid)]
             if recipients:
                 targets.append((note.alert_id, recipients))
-        frames = (
-            await self.db.alert_frames([alert_id for alert_id, _ in targets]) if targets else {}
-        )
+                if note.frame is not None:
+                    frames[note.alert_id] = note.frame
+        # Frames too long to ride in their notification (rare): read in one query.
+        missing = [alert_id for alert_id, _ in targets if alert_id not in frames]
+        if missing:
+            frames.update(await self.db.alert_frames(missing))
         for alert_id, recipients in targets:
             frame = frames.get(alert_id)
             if frame is not None:

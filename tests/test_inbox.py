@@ -12,7 +12,7 @@ import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient
 
-from service.keys import hub_key, listener_key
+from service.keys import db_key, hub_key, listener_key
 
 from .conftest import app_of, create_alert, create_object, eventually
 
@@ -146,7 +146,9 @@ async def test_alert_to_5000_objects_uses_the_marker_and_is_delivered(
     alert = await create_alert(client, object_ids=ids)
     assert alert["number_of_objects_receiving_alert"] == 5000
     payload = json.loads(await asyncio.wait_for(notes.get(), 5))
-    assert payload == {"alert_id": alert["id"], "object_ids": None}
+    assert payload["alert_id"] == alert["id"]
+    assert payload["object_ids"] is None
+    assert json.loads(payload["frame"]) == {k: v for k, v in alert.items() if k != "object_ids"}
     for ws in sockets:
         (frame,) = await receive(ws, 1)
         assert frame["id"] == alert["id"]
@@ -161,9 +163,77 @@ async def test_notification_payload_lists_recipients(
     await db.add_listener("alerts", lambda *args: notes.put_nowait(args[-1]))
     alert = await create_alert(client, object_ids=[b["id"], a["id"], 999])
     payload = json.loads(await asyncio.wait_for(notes.get(), 5))
-    assert payload == {"alert_id": alert["id"], "object_ids": sorted([a["id"], b["id"]])}
+    assert payload == {
+        "alert_id": alert["id"],
+        "object_ids": sorted([a["id"], b["id"]]),
+        "frame": payload["frame"],
+    }
+    # The frame is the very text an inbox receives: byte for byte what its backlog sends.
+    (backlog_frame,) = await db.fetch(
+        "SELECT alert_frame(a) FROM alerts AS a WHERE a.id = $1", alert["id"]
+    )
+    assert payload["frame"] == backlog_frame[0]
+    assert json.loads(payload["frame"]) == {k: v for k, v in alert.items() if k != "object_ids"}
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(notes.get(), QUIET)  # exactly one per alert, not one per row
+
+
+async def test_live_frames_come_from_the_notification_without_a_query(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dispatcher reads no frame when the notification carries it (migration 0005)."""
+    obj = await create_object(client)
+    ws = await connect(client, obj["id"])
+    await connected(client, obj["id"])
+    db = app_of(client)[db_key]
+    asked: list[list[int]] = []
+    read = db.alert_frames
+
+    async def counted(alert_ids: list[int]) -> dict[int, bytes]:
+        asked.append(list(alert_ids))
+        return await read(alert_ids)
+
+    monkeypatch.setattr(db, "alert_frames", counted)
+    alerts = [await create_alert(client, text=f"n{n}", object_ids=[obj["id"]]) for n in range(3)]
+    frames = await receive(ws, 3)
+    assert [f["id"] for f in frames] == [a["id"] for a in alerts]
+    assert asked == []
+
+
+async def test_a_frame_too_long_for_the_notification_is_read_and_delivered(
+    client: Client, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text that leaves no room for the frame in a NOTIFY payload (8000 bytes): the payload
+    lists the recipients alone, and the dispatcher reads the frame."""
+    obj = await create_object(client)
+    ws = await connect(client, obj["id"])
+    await connected(client, obj["id"])
+    service_db = app_of(client)[db_key]
+    asked: list[list[int]] = []
+    read = service_db.alert_frames
+
+    async def counted(alert_ids: list[int]) -> dict[int, bytes]:
+        asked.append(list(alert_ids))
+        return await read(alert_ids)
+
+    monkeypatch.setattr(service_db, "alert_frames", counted)
+    notes: asyncio.Queue[str] = asyncio.Queue()
+    await db.add_listener("alerts", lambda *args: notes.put_nowait(args[-1]))
+    text = "é" * 3990  # 7,980 bytes of UTF-8: the frame cannot fit beside it
+    async with db.transaction():
+        alert_id = await db.fetchval(
+            "INSERT INTO alerts (text, number_of_objects_receiving_alert) "
+            "VALUES ($1, 1) RETURNING id",
+            text,
+        )
+        await db.execute(
+            "INSERT INTO object_alerts (object_id, alert_id) VALUES ($1, $2)", obj["id"], alert_id
+        )
+    payload = json.loads(await asyncio.wait_for(notes.get(), 5))
+    assert payload == {"alert_id": alert_id, "object_ids": [obj["id"]]}
+    (frame,) = await receive(ws, 1)
+    assert (frame["id"], frame["text"]) == (alert_id, text)
+    assert asked == [[alert_id]]
 
 
 async def test_alert_written_by_hand_in_sql_reaches_the_socket(

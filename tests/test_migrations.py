@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import psycopg
@@ -86,7 +87,7 @@ def test_the_read_cursor_migration_rolls_back_and_forward_keeping_objects(
         conn.execute(
             "INSERT INTO objects (email, phone_number, acked_alert_id) VALUES ('a@b.c', '+1', 7)"
         )
-    assert migrate.rollback(scratch_database, 1) == ["0004.read_cursor"]
+    assert migrate.rollback(scratch_database, 2) == ["0005.notify_frame", "0004.read_cursor"]
     with psycopg.connect(scratch_database) as conn:
         columns = {
             row[0]
@@ -101,6 +102,40 @@ def test_the_read_cursor_migration_rolls_back_and_forward_keeping_objects(
     assert "acked_alert_id" not in columns
     assert triggers == (0,)
     assert "objects_ack_notify" not in functions(scratch_database)
-    assert migrate.apply(scratch_database) == ["0004.read_cursor"]
+    assert migrate.apply(scratch_database) == ["0004.read_cursor", "0005.notify_frame"]
     with psycopg.connect(scratch_database) as conn:
         assert conn.execute("SELECT acked_alert_id FROM objects").fetchall() == [(0,)]
+
+
+def notified(url: str) -> dict[str, object]:
+    """The payload of the NOTIFY of one alert to one new object, written by hand."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("LISTEN alerts")
+        with conn.transaction():
+            object_id = conn.execute(
+                "INSERT INTO objects (email, phone_number) VALUES ('a@b.c', '+1') RETURNING id"
+            ).fetchone()
+            alert_id = conn.execute(
+                "INSERT INTO alerts (text, number_of_objects_receiving_alert) "
+                "VALUES ('x', 1) RETURNING id"
+            ).fetchone()
+            assert object_id is not None
+            assert alert_id is not None
+            conn.execute(
+                "INSERT INTO object_alerts (object_id, alert_id) VALUES (%s, %s)",
+                (object_id[0], alert_id[0]),
+            )
+        note = next(conn.notifies(timeout=5, stop_after=1))
+    payload: dict[str, object] = json.loads(note.payload)
+    return payload
+
+
+def test_the_notify_frame_migration_rolls_back_to_the_payload_without_a_frame(
+    scratch_database: str,
+) -> None:
+    migrate.apply(scratch_database)
+    assert set(notified(scratch_database)) == {"alert_id", "object_ids", "frame"}
+    assert migrate.rollback(scratch_database, 1) == ["0005.notify_frame"]
+    assert set(notified(scratch_database)) == {"alert_id", "object_ids"}
+    assert migrate.apply(scratch_database) == ["0005.notify_frame"]
+    assert set(notified(scratch_database)) == {"alert_id", "object_ids", "frame"}
