@@ -61,6 +61,13 @@ class Admission:
         """Also refuse while `oldest_wait()` (seconds) is over `max_wait`."""
         self._waits.append(oldest_wait)
 
+    def full(self) -> bool:
+        """A write arriving now would be refused (nothing counted): the connection's protocol
+        (server.py) asks this before it looks at what a client sent."""
+        return self.in_flight >= self.limit or any(
+            oldest_wait() > self.max_wait for oldest_wait in self._waits
+        )
+
     def refusal(self) -> str | None:
         """Why a write arriving now is refused (and counted as refused), or None: there is
         room for it. Also asked by the connection's protocol (server.py) before aiohttp reads

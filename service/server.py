@@ -337,6 +337,7 @@ class Protocol(web_protocol.RequestHandler):
             and not self._body_left
             and not self._head_part
             and self._idle()
+            and self.early.admission.full()
         ):
             taken = self.refuse_early(data)
             if taken:
