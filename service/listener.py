@@ -263,6 +263,11 @@ class Listener:
                     batch.append(item)
                 if batch:
                     await self._dispatch(batch)
+                if not self._queue.empty():
+                    # Frames ride in the notifications, so a dispatch need not wait for
+                    # anything: let the loop read sockets between batches rather than write
+                    # every frame of a long run of notifications first.
+                    await asyncio.sleep(0)
             except Exception as exc:
                 # high_water did not move past what failed: the reconnect's catch-up re-reads it.
                 if isinstance(exc, RESYNC_ERRORS):
