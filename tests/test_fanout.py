@@ -257,16 +257,21 @@ async def test_up_to_date_clients_connecting_during_a_burst_miss_nothing(
 async def test_a_wave_of_sockets_is_frozen_and_thawed_once_half_of_it_ended(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After a wave of connections settles, the objects alive are kept out of full garbage
-    collections (gc.freeze); once half as many sessions as were open have ended, they are
-    thawed so the cycles of the ended ones can be collected. Delivery is not affected."""
-    monkeypatch.setattr(service.hub, "FREEZE_AFTER", 4)
-    monkeypatch.setattr(service.hub, "FREEZE_QUIET", 0.05)
+    """As a wave of connections comes, the objects alive are kept out of full garbage
+    collections (gc.freeze, every FREEZE_AFTER sessions); once half as many sessions as were
+    open have ended, they are thawed so the cycles of the ended ones can be collected.
+    Delivery is not affected."""
+    monkeypatch.setattr(service.hub, "FREEZE_AFTER", 3)
     assert gc.get_freeze_count() == 0
     obj = await create_object(client)
-    sockets = [await connect(client, obj["id"]) for _ in range(6)]
-    await connected(client, obj["id"], 6)
-    await eventually(lambda: gc.get_freeze_count() > 0)
+    sockets = [await connect(client, obj["id"]) for _ in range(2)]
+    await connected(client, obj["id"], 2)
+    assert gc.get_freeze_count() == 0  # 2 sessions: not yet
+    sockets.append(await connect(client, obj["id"]))
+    await connected(client, obj["id"], 3)
+    assert gc.get_freeze_count() > 0  # the 3rd: frozen at once, with no pause to wait for
+    sockets += [await connect(client, obj["id"]) for _ in range(3)]
+    await connected(client, obj["id"], 6)  # the 6th: frozen again, 6 open
     for ws in sockets[:2]:
         await ws.close()
     await eventually(lambda: app_of(client)[hub_key].count_for(obj["id"]) == 4)
@@ -284,7 +289,6 @@ async def test_a_hub_that_stops_thaws_what_it_froze(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(service.hub, "FREEZE_AFTER", 2)
-    monkeypatch.setattr(service.hub, "FREEZE_QUIET", 0.05)
     obj = await create_object(client)
     sockets = [await connect(client, obj["id"]) for _ in range(3)]
     await connected(client, obj["id"], 3)
