@@ -178,7 +178,26 @@ async def inbox(request: web.Request) -> web.StreamResponse:
         if ws.prepared and not ws.closed:
             # The peer vanished without a close frame (the handler is cancelled then).
             await close(ws, request, CLOSE_GOING_AWAY, b"")
+        forget_tracebacks(ws)
     return ws
+
+
+def forget_tracebacks(ws: web.WebSocketResponse) -> None:
+    """Let go of the tracebacks of what ended the socket, once it has ended.
+
+    A peer that goes away leaves aiohttp holding the exception of the failed close (and, as
+    its context, the EofStream that led to it) on the WebSocketResponse; their tracebacks hold
+    the frames that hold the response: about 50 objects per socket in reference cycles, which
+    only a full garbage collection frees (probe of 2026-11-27: 10,000 sockets closing left
+    500,000 objects and one 0.86-0.93 s pass over them). Without the tracebacks, reference
+    counting frees it all as the handler returns.
+    """
+    exc: BaseException | None = ws.exception()
+    for _ in range(8):  # a chain of contexts; in practice two
+        if exc is None:
+            return
+        exc.__traceback__ = None
+        exc = exc.__context__ or exc.__cause__
 
 
 async def opening_checks(request: web.Request, object_id: int, after: int | None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient
 
+from bench.loadgen import LeanInbox, Tally
 from service.keys import db_key, hub_key, listener_key
 
 from .conftest import app_of, create_alert, create_object, eventually
@@ -582,3 +584,33 @@ async def test_sockets_closed_mid_backlog_leave_no_transaction_open(
     await db.execute("SET lock_timeout = '3s'")
     async with db.transaction():
         await db.execute("LOCK TABLE alerts, object_alerts IN ACCESS EXCLUSIVE MODE")
+
+
+async def test_a_peer_that_vanishes_leaves_no_cycle_behind(client: Client) -> None:
+    """A socket whose peer goes away without a close frame is freed by reference counting as
+    its handler returns: nothing of it waits for a full garbage collection (aiohttp keeps the
+    exception of the failed close on the response, and its traceback made a cycle of ~50
+    objects per socket: service/inbox.py `forget_tracebacks`)."""
+    obj = await create_object(client)
+    port = client.server.port
+    assert port is not None
+    path = f"/inbox/{obj['id']}?after=0"
+    inboxes = [
+        await LeanInbox.open("127.0.0.1", port, path, obj["id"], 0, Tally()) for _ in range(5)
+    ]
+    await connected(client, obj["id"], 5)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for inbox in inboxes:
+            assert inbox.transport is not None
+            inbox.transport.close()  # a FIN, no close frame
+        hub = app_of(client)[hub_key]
+        await eventually(lambda: hub.count_for(obj["id"]) == 0)
+        await asyncio.sleep(0.1)  # the handlers return
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, web.WebSocketResponse)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []
