@@ -180,13 +180,9 @@ async def test_notification_payload_lists_recipients(
         await asyncio.wait_for(notes.get(), QUIET)  # exactly one per alert, not one per row
 
 
-async def test_live_frames_come_from_the_notification_without_a_query(
-    client: Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The dispatcher reads no frame when the notification carries it (migration 0005)."""
-    obj = await create_object(client)
-    ws = await connect(client, obj["id"])
-    await connected(client, obj["id"])
+def frame_reads(client: Client, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The alert ids of each frame query the service's dispatcher makes from now on (the real
+    query still runs)."""
     db = app_of(client)[db_key]
     asked: list[list[int]] = []
     read = db.alert_frames
@@ -196,6 +192,17 @@ async def test_live_frames_come_from_the_notification_without_a_query(
         return await read(alert_ids)
 
     monkeypatch.setattr(db, "alert_frames", counted)
+    return asked
+
+
+async def test_live_frames_come_from_the_notification_without_a_query(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dispatcher reads no frame when the notification carries it (migration 0005)."""
+    obj = await create_object(client)
+    ws = await connect(client, obj["id"])
+    await connected(client, obj["id"])
+    asked = frame_reads(client, monkeypatch)
     alerts = [await create_alert(client, text=f"n{n}", object_ids=[obj["id"]]) for n in range(3)]
     frames = await receive(ws, 3)
     assert [f["id"] for f in frames] == [a["id"] for a in alerts]
@@ -210,15 +217,7 @@ async def test_a_frame_too_long_for_the_notification_is_read_and_delivered(
     obj = await create_object(client)
     ws = await connect(client, obj["id"])
     await connected(client, obj["id"])
-    service_db = app_of(client)[db_key]
-    asked: list[list[int]] = []
-    read = service_db.alert_frames
-
-    async def counted(alert_ids: list[int]) -> dict[int, bytes]:
-        asked.append(list(alert_ids))
-        return await read(alert_ids)
-
-    monkeypatch.setattr(service_db, "alert_frames", counted)
+    asked = frame_reads(client, monkeypatch)
     notes: asyncio.Queue[str] = asyncio.Queue()
     await db.add_listener("alerts", lambda *args: notes.put_nowait(args[-1]))
     text = "é" * 3990  # 7,980 bytes of UTF-8: the frame cannot fit beside it
