@@ -64,20 +64,22 @@ class Admission:
     def full(self) -> bool:
         """A write arriving now would be refused (nothing counted): the connection's protocol
         (server.py) asks this before it looks at what a client sent."""
-        return self.in_flight >= self.limit or any(
-            oldest_wait() > self.max_wait for oldest_wait in self._waits
-        )
+        return self._why_full() is not None
 
     def refusal(self) -> str | None:
         """Why a write arriving now is refused (and counted as refused), or None: there is
         room for it. Also asked by the connection's protocol (server.py) before aiohttp reads
         a write request."""
-        if self.in_flight >= self.limit:
+        why = self._why_full()
+        if why is not None:
             self.refused += 1
+        return why
+
+    def _why_full(self) -> str | None:
+        if self.in_flight >= self.limit:
             return f"this server has {self.limit} writes in flight already; retry shortly"
         for oldest_wait in self._waits:
             if oldest_wait() > self.max_wait:
-                self.refused += 1
                 return (
                     "writes queued here have waited more than "
                     f"{self.max_wait:g} s for a commit already; retry shortly"
