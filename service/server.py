@@ -87,6 +87,11 @@ def handler_settings(config: Config) -> dict[str, Any]:
         "keepalive_timeout": config.http_header_timeout,
         "lingering_time": LINGER,
         "auto_decompress": False,
+        # A client that goes away does not cancel its request's handler: a write it sent is
+        # committed and answered for the log (an Idempotency-Key retry then finds it), and a
+        # stream notices the loss itself (inbox.py). aiohttp's default, said out loud because
+        # its test server turns it on.
+        "handler_cancellation": False,
     }
 
 

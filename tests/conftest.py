@@ -107,8 +107,16 @@ async def make_client(
         assert config.database_url is not None
         # The request-handler settings `inbox serve` uses (no body inflated by aiohttp).
         settings = server.handler_settings(config)
+        # aiohttp's test server cancels a handler whose client goes away; `inbox serve` does
+        # not (the test server takes no say in it: it is set on its request handler instead).
+        cancellation = settings.pop("handler_cancellation")
         app = create_app(config, config.database_url)
-        return await aiohttp_client(app, server_kwargs=settings)
+        client = await aiohttp_client(app, server_kwargs=settings)
+        runner = client.server.runner
+        assert runner is not None
+        assert runner.server is not None
+        runner.server.handler_cancellation = cancellation
+        return client
 
     return make
 
