@@ -403,7 +403,11 @@ async def close(ws: web.WebSocketResponse, request: web.Request, code: int, mess
 
 class EventStreamSession(Session):
     """An SSE stream: frames are events, carried as HTTP/1.1 chunks (or bare on HTTP/1.0,
-    whose body ends when the connection closes)."""
+    whose body ends when the connection closes).
+
+    It also stands in for the connection's payload parser (`hear_disconnect`): aiohttp hands
+    it whatever the client sends after its request, and tells it when the connection is lost.
+    """
 
     __slots__ = ("chunked", "ended")
 
@@ -433,6 +437,33 @@ class EventStreamSession(Session):
     def gone(self) -> None:
         self.end()
 
+    # -- as the connection's payload parser (see `hear_disconnect`) --------------------------
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        """Bytes after the request: an SSE client has nothing to say, so they are dropped."""
+        return False, b""
+
+    def feed_eof(self) -> None:
+        """The connection is lost."""
+        self.end()
+
+
+def hear_disconnect(request: web.Request, session: EventStreamSession) -> None:
+    """End `session` the moment its connection is lost, not at the next write to it.
+
+    Nothing reads an SSE request after its head, and aiohttp (with `handler_cancellation` off,
+    as `inbox serve` runs it) tells the handler nothing; a client gone without a trace would be
+    noticed only by the next keep-alive comment, up to SSE_KEEPALIVE_INTERVAL later, counted
+    against WS_MAX_PER_OBJECT meanwhile (an EventSource reconnecting every few seconds would
+    pile up streams). A connection with a payload parser (a WebSocket's reader) passes it every
+    byte that arrives and calls its `feed_eof()` from `connection_lost`: the session takes that
+    place. The stream's response turns keep-alive off, so the connection is never read as HTTP
+    again. An aiohttp internal: tests/test_aiohttp_contract_inbox.py pins it.
+    """
+    protocol = request.protocol
+    if protocol._payload_parser is None and not protocol._upgraded:
+        protocol.set_parser(session)  # type: ignore[arg-type]  # it takes what a reader does
+
 
 async def event_stream(request: web.Request, object_id: int, after: int) -> web.StreamResponse:
     config, db = request.app[config_key], request.app[db_key]
@@ -446,6 +477,7 @@ async def event_stream(request: web.Request, object_id: int, after: int) -> web.
     )
     if chunked:
         response.enable_chunked_encoding()
+    response.force_close()  # the connection ends with the stream (see hear_disconnect)
 
     def drop_slow(session: Session) -> None:
         log.info("inbox %s: SSE client too slow, ending its stream", object_id)
@@ -463,6 +495,7 @@ async def event_stream(request: web.Request, object_id: int, after: int) -> web.
         if transport is None:
             return response
         session.attach(transport, writer.drain)
+        hear_disconnect(request, session)
         keepalive = http_chunk(SSE_KEEPALIVE) if chunked else SSE_KEEPALIVE
         try:
             await send_backlog(session, db, request.app[listener_key])
@@ -471,7 +504,7 @@ async def event_stream(request: web.Request, object_id: int, after: int) -> web.
                 if session.ended.done():
                     break
                 if session.transport is None or transport.is_closing():
-                    break  # the client is gone: nothing tells an SSE handler but a write
+                    break  # closing from our side (a write failed): nothing more to send
                 session.send(0, keepalive)
         except (ConnectionError, DatabaseUnavailable) as exc:
             log.info("inbox %s: SSE stream ends: %s", object_id, type(exc).__name__)

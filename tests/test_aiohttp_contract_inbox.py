@@ -1,4 +1,5 @@
-"""What inbox.py relies on in aiohttp to keep an idle socket small (setup.cfg pins the range).
+"""What inbox.py relies on in aiohttp to keep an idle socket small, and to hear an SSE client
+go (setup.cfg pins the range).
 
 Once a WebSocket upgrade is accepted, `inbox.shed_handshake` drops the connection's HTTP parser
 (`RequestHandler._parser`) and swaps its queue of parsed requests (`_messages`) for a shared
@@ -6,7 +7,9 @@ deque that holds nothing: aiohttp 3.14 sends every byte of an upgraded connectio
 WebSocket reader (`_payload_parser`), reaches for the HTTP parser and queues requests only
 while `_upgraded` is false (or the upgrade was declined), and ends the connection when the
 WebSocket's handler returns (the handshake turns keep-alive off). If a new aiohttp renames
-these or uses them after an upgrade, these tests fail before a socket does.
+these or uses them after an upgrade, these tests fail before a socket does. An SSE stream's
+session is the payload parser of its connection (`inbox.hear_disconnect`), which aiohttp tells
+when the connection is lost.
 """
 
 from __future__ import annotations
@@ -72,6 +75,22 @@ def test_requests_are_queued_only_before_an_upgrade_or_after_a_declined_one() ->
     # WebSocket's handshake turns keep-alive off (checked on a live socket below).
     start = inspect.getsource(web_protocol.RequestHandler.start)
     assert "if self._keepalive and not self._close and not self._force_close:" in start
+
+
+def test_a_payload_parser_hears_every_byte_and_the_loss_of_its_connection() -> None:
+    """`inbox.hear_disconnect` sets an SSE stream's session as the connection's payload
+    parser: aiohttp must pass it what arrives after the request (instead of parsing it as
+    HTTP) and call its `feed_eof()` when the connection is lost."""
+    source = {
+        name: inspect.getsource(getattr(web_protocol.RequestHandler, name))
+        for name in ("set_parser", "data_received", "connection_lost")
+    }
+    assert "self._payload_parser = parser" in source["set_parser"]
+    received = source["data_received"]
+    assert received.index("if self._payload_parser is None and not self._upgraded:") < (
+        received.index("eof, tail = self._payload_parser.feed_data(data)")
+    )
+    assert "self._payload_parser.feed_eof()" in source["connection_lost"]
 
 
 async def test_a_socket_without_its_http_parser_still_works() -> None:

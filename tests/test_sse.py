@@ -333,3 +333,52 @@ async def test_streams_are_counted_but_not_timed(client: Client) -> None:
     assert answered in text
     timed = [line for line in text.splitlines() if line.startswith("inbox_http_request_dur")]
     assert not [line for line in timed if 'route="/inbox/{object_id}"' in line]
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+async def test_a_client_that_goes_away_is_let_go_at_once(client: Client, how: str) -> None:
+    """Not at the next keep-alive comment (15 s): the stream ends when its connection does,
+    whether the client closes it (FIN) or resets it (RST), and another stream of the same
+    object is left alone."""
+    app = app_of(client)
+    obj = await create_object(client)
+    staying = await open_stream(client, obj["id"])
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        f"GET /inbox/{obj['id']} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    await connected(client, obj["id"], 2)
+    if how == "close":
+        writer.close()
+    else:
+        writer.transport.abort()
+    await eventually(lambda: app[hub_key].count_for(obj["id"]) == 1, timeout=1.0)
+    alert = await create_alert(client, object_ids=[obj["id"]])
+    assert [f["id"] for f in await staying.alerts(1)] == [alert["id"]]
+    staying.close()
+
+
+async def test_what_a_client_sends_on_its_stream_is_ignored(client: Client) -> None:
+    """An SSE client has nothing to say after its request: bytes it sends anyway neither end
+    nor disturb the stream, and are never read as a next request on the connection."""
+    obj = await create_object(client)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        f"GET /inbox/{obj['id']} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert b"\r\nconnection: close\r\n" in head.lower()
+    await asyncio.wait_for(reader.readuntil(b"retry: %d\n\n" % service.wire.SSE_RETRY_MS), 5)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nnot http at all\r\n\r\n")
+    await writer.drain()
+    alert = await create_alert(client, object_ids=[obj["id"]])
+    await asyncio.wait_for(reader.readuntil(b"id: "), 5)
+    assert await asyncio.wait_for(reader.readline(), 5) == b"%d\n" % alert["id"]
+    assert app_of(client)[hub_key].count_for(obj["id"]) == 1
+    await close_all_inboxes(app_of(client))  # the stream ends, and so does its connection
+    rest = await asyncio.wait_for(reader.read(), 5)
+    assert rest.endswith(b"\r\n0\r\n\r\n"), rest  # the last chunk, then the close
+    assert b"HTTP/1.1" not in rest
+    writer.close()
