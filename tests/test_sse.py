@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import tracemalloc
 from typing import Any
 
 import aiohttp
@@ -14,7 +16,7 @@ from aiohttp.test_utils import TestClient
 import service.inbox
 import service.wire
 from service.inbox import close_all_inboxes
-from service.keys import hub_key
+from service.keys import hub_key, sockets_key
 
 from .conftest import app_of, create_alert, create_object, eventually
 from .test_inbox import connect, connected, receive
@@ -382,3 +384,48 @@ async def test_what_a_client_sends_on_its_stream_is_ignored(client: Client) -> N
     assert rest.endswith(b"\r\n0\r\n\r\n"), rest  # the last chunk, then the close
     assert b"HTTP/1.1" not in rest
     writer.close()
+
+
+async def test_streams_opened_and_dropped_leave_nothing_behind(client: Client) -> None:
+    """300 streams whose clients hang up (half of them with a reset) leave no session, task or
+    memory behind, each let go when its connection closes."""
+    app = app_of(client)
+    obj = await create_object(client)
+    await create_alert(client, object_ids=[obj["id"]])
+    request = (
+        f"GET /inbox/{obj['id']} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    ).encode()
+
+    async def cycle(reset: bool) -> None:
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        writer.write(request)
+        await asyncio.wait_for(reader.readuntil(b"id: "), 5)  # the backlog: fully set up
+        if reset:
+            writer.transport.abort()
+        else:
+            writer.close()
+            await writer.wait_closed()
+
+    def settled() -> bool:
+        return len(app[hub_key]) == 0 and not app[sockets_key]
+
+    for i in range(20):  # warm-up: lazily created caches and pooled connections
+        await cycle(i % 2 == 0)
+    await eventually(settled)
+    gc.collect()
+    tasks_before = len(asyncio.all_tasks())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(300):
+            await cycle(i % 2 == 0)
+        await eventually(settled, timeout=2.0)  # not one keep-alive interval (15 s)
+        await eventually(lambda: len(asyncio.all_tasks()) <= tasks_before)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    top = "\n".join(str(stat) for stat in after.compare_to(before, "lineno")[:5])
+    assert growth < 256 * 1024, f"{growth} bytes retained after 300 streams:\n{top}"
+    assert len(asyncio.all_tasks()) == tasks_before
