@@ -44,6 +44,8 @@ def extra(fig: dict[str, Any]) -> str:
         ("refusal_p99_ms", "refusal p99 ms"),
         ("subset_frames_p50_ms", "subset-alert frames p50 ms"),
         ("subset_frames_p99_ms", "p99 ms"),
+        ("beside_burst_frames", "subset frames written during a burst"),
+        ("beside_burst_written_p99_le_ms", "their NOTIFY -> written p99 <= ms"),
         ("rss_per_idle_socket_kib", "KiB RSS/idle socket"),
         ("last_socket_p50_ms", "last socket p50 ms"),
         ("last_socket_max_ms", "last socket max ms"),

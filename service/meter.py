@@ -22,6 +22,8 @@ NOTIFIED_KEPT = 4096
 class Meter:
     __slots__ = (
         "_notified",
+        "beside_counts",
+        "beside_sum",
         "burst_counts",
         "burst_sum",
         "dropped_slow",
@@ -35,6 +37,9 @@ class Meter:
         self.dropped_slow = 0
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
         self.latency_sum = 0.0
+        # The same, for frames of alerts published while a burst was being written.
+        self.beside_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.beside_sum = 0.0
         self.burst_counts = [0] * (len(BURST_BUCKETS) + 1)
         self.burst_sum = 0.0
         self._notified: dict[int, float] = {}
@@ -58,16 +63,21 @@ class Meter:
         """One frame read from the tables (not from a NOTIFY) was written to a socket."""
         self.frames_sent += 1
 
-    def sent_live(self, alert_id: int, count: int) -> None:
-        """`count` live frames of `alert_id` were written to sockets just now."""
+    def sent_live(self, alert_id: int, count: int, beside_burst: bool = False) -> None:
+        """`count` live frames of `alert_id` were written to sockets just now; `beside_burst`:
+        it was published while a burst was being written."""
         if not count:
             return
         self.frames_sent += count
         at = self._notified.get(alert_id)
         if at is not None:
             elapsed = time.monotonic() - at
-            self.latency_counts[bisect_left(LATENCY_BUCKETS, elapsed)] += count
+            bucket = bisect_left(LATENCY_BUCKETS, elapsed)
+            self.latency_counts[bucket] += count
             self.latency_sum += elapsed * count
+            if beside_burst:
+                self.beside_counts[bucket] += count
+                self.beside_sum += elapsed * count
 
     def sent(self, alert_id: int) -> None:
         """One live frame of `alert_id` was written to a socket."""

@@ -135,6 +135,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.beside_burst_latency = Histogram(
+            "inbox_notification_to_send_beside_burst_seconds",
+            "inbox_notification_to_send_seconds of the alerts published while a burst (see "
+            "inbox_burst_seconds) was being written: their frames go ahead of the burst's rest",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.burst_seconds = Histogram(
             "inbox_burst_seconds",
             "from a NOTIFY reaching the process to the last frame of an alert for more open "
@@ -171,8 +178,7 @@ class Metrics:
         self._answered: dict[tuple[str, str, int], Counter] = {}
         self._timed: dict[tuple[str, str], Histogram] = {}
         self._copied: dict[str, float] = {}
-        self._copied_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-        self._copied_burst_buckets = [0] * (len(BURST_BUCKETS) + 1)
+        self._copied_buckets: dict[str, list[int]] = {}  # per histogram: counts copied so far
 
     def answered(self, route: str, method: str, status: int) -> Counter:
         """`requests` labelled with this route template, method and status."""
@@ -228,20 +234,24 @@ class Metrics:
                 self._add(self.writes_batched.labels(kind), f"batched {kind}", committer.items)
         self._add(self.frames_sent, "frames_sent", meter.frames_sent)
         self._add(self.dropped_slow, "dropped_slow", meter.dropped_slow)
-        # The meter counts per bucket as a Histogram does; prometheus_client offers no public
-        # way to add counts to a bucket, so its (long stable) per-bucket values are used.
-        histogram = self.notification_latency
-        for i, count in enumerate(meter.latency_counts):
-            if count > self._copied_buckets[i]:
-                histogram._buckets[i].inc(count - self._copied_buckets[i])
-                self._copied_buckets[i] = count
-        self._add_sum(histogram, "latency_sum", meter.latency_sum)
-        histogram = self.burst_seconds
-        for i, count in enumerate(meter.burst_counts):
-            if count > self._copied_burst_buckets[i]:
-                histogram._buckets[i].inc(count - self._copied_burst_buckets[i])
-                self._copied_burst_buckets[i] = count
-        self._add_sum(histogram, "burst_sum", meter.burst_sum)
+        self._add_buckets(
+            self.notification_latency, "latency", meter.latency_counts, meter.latency_sum
+        )
+        self._add_buckets(
+            self.beside_burst_latency, "beside_burst", meter.beside_counts, meter.beside_sum
+        )
+        self._add_buckets(self.burst_seconds, "burst", meter.burst_counts, meter.burst_sum)
+
+    def _add_buckets(self, histogram: Histogram, key: str, counts: list[int], total: float) -> None:
+        """Copy what the meter counted since the last sync into `histogram`. The meter counts
+        per bucket as a Histogram does; prometheus_client offers no public way to add counts to
+        a bucket, so its (long stable) per-bucket values are used."""
+        copied = self._copied_buckets.setdefault(key, [0] * len(counts))
+        for i, count in enumerate(counts):
+            if count > copied[i]:
+                histogram._buckets[i].inc(count - copied[i])
+                copied[i] = count
+        self._add_sum(histogram, f"{key}_sum", total)
 
     def _add_sum(self, histogram: Histogram, key: str, total: float) -> None:
         delta = total - self._copied.get(key, 0.0)

@@ -274,6 +274,7 @@ async def test_ack_frames_keep_their_place_among_alert_bursts(
     """alert_all bursts written 3 sockets at a time while every object acks what it has:
     each ack frame comes after the alert it acks, and its count is the alerts received
     before it above the cursor."""
+    monkeypatch.setattr(service.hub, "BURST", 3)
     monkeypatch.setattr(service.hub, "SLICE", 3)
     objects = [(await create_object(client))["id"] for _ in range(8)]
     sockets = [(oid, await connect(client, oid)) for oid in objects for _ in range(2)]
@@ -315,6 +316,7 @@ async def test_an_ack_published_during_a_burst_follows_the_burst(
 ) -> None:
     """The hub is told an ack while an alert to everyone is still being written in slices:
     every socket still gets the alert first (the ack counts it)."""
+    monkeypatch.setattr(service.hub, "BURST", 3)
     monkeypatch.setattr(service.hub, "SLICE", 3)
     objects = [(await create_object(client))["id"] for _ in range(6)]
     sockets = [(oid, await connect(client, oid)) for oid in objects for _ in range(2)]

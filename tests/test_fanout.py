@@ -47,6 +47,7 @@ async def test_a_burst_in_slices_keeps_every_stream_in_order(
 ) -> None:
     """alert_all bursts written 3 sockets at a time while small alerts commit meanwhile:
     every socket gets every alert of its object once, in id order."""
+    monkeypatch.setattr(service.hub, "BURST", 3)
     monkeypatch.setattr(service.hub, "SLICE", 3)
     objects = [await create_object(client) for _ in range(8)]
     sockets = [await connect(client, obj["id"]) for obj in objects for _ in range(2)]
@@ -76,6 +77,60 @@ async def test_a_burst_in_slices_keeps_every_stream_in_order(
     assert sum(app_of(client)[hub_key].meter.burst_counts) == 15
     for ws in sockets:
         await ws.close()
+
+
+class Transport:
+    """What a session writes to: every write kept, never backed up."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+async def test_frames_written_beside_a_burst_are_timed_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An alert published while a burst is being written goes ahead of the burst's rest, and
+    its frames' latency is counted in a histogram of their own (the bench reads it) as well as
+    in the one of every frame; the burst's own frames are not."""
+    monkeypatch.setattr(service.hub, "BURST", 3)
+    monkeypatch.setattr(service.hub, "SLICE", 3)
+    hub = service.hub.Hub()
+    transports = {}
+    for object_id in range(1, 9):
+        session = service.hub.Session(object_id, 0, 100, lambda _s: None)
+        transports[object_id] = transport = Transport()
+        session.attach(transport, asyncio.sleep)  # type: ignore[arg-type]
+        session.start_live(0)
+        hub.add(session)
+
+    def beside() -> int:
+        return sum(hub.meter.beside_counts)
+
+    hub.meter.notified(1)
+    assert hub.publish(1, b"all", range(1, 9)) == 8  # 3 now, the rest in slices
+    assert beside() == 0
+    hub.meter.notified(2)
+    hub.publish(2, b"small", [7, 8])  # the burst's frame first, then its own
+    assert transports[8].writes == [ws_text_frame(b"all"), ws_text_frame(b"small")]
+    assert beside() == 2
+    await eventually(lambda: all(len(t.writes) >= 1 for t in transports.values()))
+    hub.meter.notified(3)
+    hub.publish(3, b"later", [1])  # no burst in progress any more
+    assert beside() == 2
+    assert sum(hub.meter.latency_counts) == 8 + 2 + 1
+    await hub.stop()
 
 
 async def test_frames_interleave_with_heartbeats_and_a_close_whole(make_client: Any) -> None:

@@ -95,6 +95,7 @@ async def test_realtime_path_is_counted(client: Client) -> None:
     assert value(after, "inbox_notification_to_send_seconds_count") == 1
     assert value(after, "inbox_notification_to_send_seconds_bucket", le="+Inf") == 1
     assert 0 < value(after, "inbox_notification_to_send_seconds_sum") < 5
+    assert value(after, "inbox_notification_to_send_beside_burst_seconds_count") == 0
     await ws.close()
 
 
