@@ -14,8 +14,8 @@ socket is closing nothing more is written to it (tests/test_aiohttp_contract.py 
 
 A publish to more than `BURST` streams (an alert to everyone) is a burst: written `SLICE`
 streams at a time, yielding to the event loop in between, so an alert committed meanwhile for
-up to `BURST` recipients is written as soon as its notification is read, not behind the whole
-burst. Before such a later alert is written to an object, every burst still in progress that
+up to `BURST` recipients is written as soon as the dispatcher hands it over, not behind the
+whole burst. Before such a later alert is written to an object, every burst still in progress that
 includes the object is written to it first, so each stream still sees ids in order; the burst's
 own turn then finds the frame already accepted.
 
