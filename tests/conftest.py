@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +28,7 @@ import testbed
 from service import server
 from service.app import create_app
 from service.config import Config
+from service.keys import hub_key, sockets_key
 
 TABLES = "object_alerts, alerts, objects, idempotency_keys"
 
@@ -189,6 +192,41 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+async def assert_cycles_leave_nothing(
+    app: web.Application,
+    cycle: Callable[[int], Awaitable[None]],
+    what: str,
+    settle_timeout: float = 5.0,
+) -> None:
+    """`cycle(i)` opens an inbox stream and ends it: after 20 to warm up (lazily created caches,
+    pooled connections) and 300 measured, no session, socket or task may be left once
+    `settle_timeout` has passed, nor 256 KiB of memory more than before the 300."""
+
+    def settled() -> bool:
+        return len(app[hub_key]) == 0 and not app[sockets_key]
+
+    for i in range(20):
+        await cycle(i)
+    await eventually(settled)
+    gc.collect()
+    tasks_before = len(asyncio.all_tasks())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(300):
+            await cycle(i)
+        await eventually(settled, timeout=settle_timeout)
+        await eventually(lambda: len(asyncio.all_tasks()) <= tasks_before)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    top = "\n".join(str(stat) for stat in after.compare_to(before, "lineno")[:5])
+    assert growth < 256 * 1024, f"{growth} bytes retained after 300 {what}:\n{top}"
+    assert len(asyncio.all_tasks()) == tasks_before
 
 
 # Hypothesis: a few hundred examples across the suite keep `make test` fast. The fuzz tests

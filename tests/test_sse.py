@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
-import tracemalloc
 from typing import Any
 
 import aiohttp
@@ -16,9 +14,15 @@ from aiohttp.test_utils import TestClient
 import service.inbox
 import service.wire
 from service.inbox import close_all_inboxes
-from service.keys import hub_key, sockets_key
+from service.keys import hub_key
 
-from .conftest import app_of, create_alert, create_object, eventually
+from .conftest import (
+    app_of,
+    assert_cycles_leave_nothing,
+    create_alert,
+    create_object,
+    eventually,
+)
 from .test_inbox import connect, connected, receive
 
 Client = TestClient[Any, Any]
@@ -406,26 +410,7 @@ async def test_streams_opened_and_dropped_leave_nothing_behind(client: Client) -
             writer.close()
             await writer.wait_closed()
 
-    def settled() -> bool:
-        return len(app[hub_key]) == 0 and not app[sockets_key]
-
-    for i in range(20):  # warm-up: lazily created caches and pooled connections
-        await cycle(i % 2 == 0)
-    await eventually(settled)
-    gc.collect()
-    tasks_before = len(asyncio.all_tasks())
-    tracemalloc.start()
-    try:
-        before = tracemalloc.take_snapshot()
-        for i in range(300):
-            await cycle(i % 2 == 0)
-        await eventually(settled, timeout=2.0)  # not one keep-alive interval (15 s)
-        await eventually(lambda: len(asyncio.all_tasks()) <= tasks_before)
-        gc.collect()
-        after = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
-    top = "\n".join(str(stat) for stat in after.compare_to(before, "lineno")[:5])
-    assert growth < 256 * 1024, f"{growth} bytes retained after 300 streams:\n{top}"
-    assert len(asyncio.all_tasks()) == tasks_before
+    # Each let go when its connection closes: within 2 s, not one keep-alive interval (15 s).
+    await assert_cycles_leave_nothing(
+        app, lambda i: cycle(i % 2 == 0), "streams", settle_timeout=2.0
+    )

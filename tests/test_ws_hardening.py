@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import json
 import os
 import socket
 import struct
-import tracemalloc
 from typing import Any
 
 import aiohttp
@@ -22,7 +20,13 @@ from aiohttp.test_utils import TestClient
 from service.keys import hub_key, sockets_key
 from service.wire import CLOSE_TOO_SLOW
 
-from .conftest import app_of, create_alert, create_object, eventually
+from .conftest import (
+    app_of,
+    assert_cycles_leave_nothing,
+    create_alert,
+    create_object,
+    eventually,
+)
 from .test_access import UPGRADE
 from .test_inbox import assert_silent, connect, connected, receive
 
@@ -86,30 +90,10 @@ async def test_connect_close_flood_leaves_nothing_behind(client: Client) -> None
             ws._response.connection.transport.abort()  # type: ignore[union-attr]
             await ws.close()
 
-    def settled() -> bool:
-        return len(app[hub_key]) == 0 and not app[sockets_key]
-
-    for i in range(20):  # warm-up: lazily created caches and pooled connections
-        await cycle(i % 2 == 0)
-    await eventually(settled)
-    gc.collect()
-    tasks_before = len(asyncio.all_tasks())
-    tracemalloc.start()
     try:
-        before = tracemalloc.take_snapshot()
-        for i in range(300):
-            await cycle(i % 3 != 0)
-        await eventually(settled)
-        await eventually(lambda: len(asyncio.all_tasks()) <= tasks_before)
-        gc.collect()
-        after = tracemalloc.take_snapshot()
+        await assert_cycles_leave_nothing(app, lambda i: cycle(i % 3 != 0), "sockets")
     finally:
-        tracemalloc.stop()
         await session.close()
-    growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
-    top = "\n".join(str(stat) for stat in after.compare_to(before, "lineno")[:5])
-    assert growth < 256 * 1024, f"{growth} bytes retained after 300 sockets:\n{top}"
-    assert len(asyncio.all_tasks()) == tasks_before
 
 
 # -- limits -----------------------------------------------------------------------------------
