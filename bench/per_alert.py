@@ -1,9 +1,11 @@
 """A measuring aid, not part of `make bench`: the server's CPU per alert without fan-out.
 
-The fan-out scenario's poster (400 alerts at 50/s, one recipient each) against `inbox serve`
-and then the bare broadcast reference, with no inbox open and with the one recipient's inbox
-open, twice each: what each alert costs besides writing its frames (POST, commit, NOTIFY,
-dispatch in the service; the POST alone in the reference).
+The fan-out scenario's poster (400 alerts at 50/s, one recipient each) against `inbox serve`,
+then the bare write server (`bare_writes.py`: aiohttp with the alert's statement, group
+committed, and nothing else: no validation, middleware, log line, LISTEN or dispatch), then the
+bare broadcast reference, twice each (the service and the broadcast with no inbox open and with
+the one recipient's inbox open): what each alert costs besides writing its frames. The bare
+write server is the floor of the stack: a POST and its commit, each waking an idle event loop.
 
     .venv/bin/python -m bench.per_alert
 """
@@ -67,6 +69,11 @@ async def amain() -> None:
                 for _ in range(2):
                     await one(s.url, db_url, log, s.tree, False, "service, no inbox open")
                     await one(s.url, db_url, log, s.tree, True, "service, its inbox open")
+            port = free_port()
+            argv = [sys.executable, "-m", "bench.bare_writes", str(port), db_url, "1"]
+            with serve(argv, server_log, port, "bare_writes", "/alert") as floor:
+                for _ in range(2):
+                    await one(floor.url, db_url, log, floor.tree, False, "bare write server")
             port = free_port()
             argv = [sys.executable, "-m", "bench.broadcast", str(port)]
             with serve(argv, server_log, port, "bare", "/alert") as bare:
