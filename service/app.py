@@ -109,7 +109,7 @@ def create_app(config: Config, database_url: str) -> web.Application:
     app[config_key] = config
     app[hub_key] = Hub()
     app[sockets_key] = set()
-    app[admission_key] = admission.Admission(config.writes_in_flight, config.writes_max_wait)
+    app[admission_key] = admission.Admission(config.writes_bound(), config.writes_max_wait)
     app[metrics_key] = metrics.Metrics(app)
     app.on_response_prepare.append(logs.add_response_headers)
     setup_routes(app)

@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -107,14 +108,13 @@ def _worker(config: Config, database_url: str) -> None:
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     workers = args.workers or config.workers
-    if args.port is not None or args.host is not None:
-        from dataclasses import replace
-
-        config = replace(
-            config,
-            port=config.port if args.port is None else args.port,
-            host=config.host if args.host is None else args.host,
-        )
+    # Each process is told how many share the host (WRITES_IN_FLIGHT=auto divides by it).
+    config = replace(
+        config,
+        workers=workers,
+        port=config.port if args.port is None else args.port,
+        host=config.host if args.host is None else args.host,
+    )
     with database(config) as url:
         if args.migrate or config.embedded:
             migrate.apply(direct_url(config, url))  # logs each migration it applies

@@ -41,6 +41,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _count_or_auto(raw: str) -> int:
+    """A count of at least 1, or 0 for `auto` (the caller decides what auto means)."""
+    if raw.strip().lower() == "auto":
+        return 0
+    return _positive_int(raw)
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0:
@@ -74,6 +81,10 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
 
 MIN_SECRET_BYTES = 32
+# WRITES_IN_FLIGHT=auto: the writes one `inbox serve` takes at once, shared by its workers.
+# The commits they wait for are the database's, whatever the number of processes (README,
+# Overload: 256 per host measured best with 1 worker and with 2).
+HOST_WRITES_IN_FLIGHT = 256
 
 
 def _secret(raw: str) -> str:
@@ -189,11 +200,13 @@ class Config:
     db_pool_min_size: int = setting("2", _positive_int, "connections the pool keeps open")
     # Never below DB_POOL_MIN_SIZE (raised to it while parsing).
     db_pool_max_size: int = setting("10", _positive_int, "most connections the pool opens")
+    # 0: auto (see writes_bound).
     writes_in_flight: int = setting(
-        "128",
-        _positive_int,
+        "auto",
+        _count_or_auto,
         "POST /object and POST /alert requests one process handles at once; one more is "
-        "refused at once with 503 server_busy and Retry-After",
+        f"refused at once with 503 server_busy and Retry-After. auto: {HOST_WRITES_IN_FLIGHT} "
+        f"shared by the WORKERS of one `inbox serve` ({HOST_WRITES_IN_FLIGHT} / WORKERS each)",
     )
     writes_max_wait: float = setting(
         "0.25",
@@ -309,6 +322,11 @@ class Config:
     # -- recorded while parsing, not settings ----------------------------------------------
     # Which setting(s) supplied database_url, for the one-line start-up errors.
     database_url_setting: str = ""
+
+    def writes_bound(self) -> int:
+        """The writes one process takes at once: WRITES_IN_FLIGHT, or with `auto` its share of
+        HOST_WRITES_IN_FLIGHT among the WORKERS."""
+        return self.writes_in_flight or max(1, HOST_WRITES_IN_FLIGHT // self.workers)
 
     @property
     def embedded(self) -> bool:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from service import cli
+from service.config import Config
 from testbed import child_env, free_port
 
 
@@ -77,3 +81,28 @@ def test_help_lists_every_command_and_option(tmp_path: Path) -> None:
         assert option in serve.stdout
     assert "--rollback" in run(["migrate", "--help"], tmp_path).stdout
     assert "--after" in run(["tail", "--help"], tmp_path).stdout
+
+
+@pytest.mark.parametrize(("argv", "workers"), [([], 1), (["--workers", "2"], 2)])
+def test_serve_tells_each_worker_how_many_share_the_host(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], workers: int
+) -> None:
+    """`--workers` from the command line reaches each worker's settings, so that
+    WRITES_IN_FLIGHT=auto divides the host's writes among the workers actually started."""
+    served: list[tuple[Config, int]] = []
+
+    @contextlib.contextmanager
+    def no_database(config: Config) -> Iterator[str]:
+        yield "postgresql://unused@127.0.0.1/unused"
+
+    monkeypatch.setattr(cli, "database", no_database)
+    monkeypatch.setattr(
+        cli, "_serve_one", lambda config, url, reuse_port: served.append((config, 1))
+    )
+    monkeypatch.setattr(cli, "_serve_workers", lambda config, url, n: served.append((config, n)))
+    config = Config.from_env(environ={"DATABASE_URL": "postgresql://u@h/db"}, env_file=None)
+    assert cli.cmd_serve(config, cli.parser().parse_args(["serve", *argv])) == 0
+    [(given, started)] = served
+    assert started == workers
+    assert given.workers == workers
+    assert given.writes_bound() == 256 // workers

@@ -76,6 +76,8 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         ("WS_QUEUE_SIZE", "0"),
         ("EMAIL_CHECK_DELIVERABILITY", "maybe"),
         ("DB_TIMEOUT", "-1"),
+        ("WRITES_IN_FLIGHT", "0"),
+        ("WRITES_IN_FLIGHT", "automatic"),
     ],
 )
 def test_bad_values_name_the_setting(name: str, value: str) -> None:
@@ -114,3 +116,20 @@ def test_every_setting_is_a_config_field_named_like_it() -> None:
         assert s.name in names
         assert s.env == s.name.upper()
     assert len(SETTINGS) == len(fields(Config)) - 1  # all but database_url_setting
+
+
+@pytest.mark.parametrize(("workers", "each"), [("1", 256), ("2", 128), ("4", 64), ("300", 1)])
+def test_auto_writes_in_flight_is_shared_by_the_workers(workers: str, each: int) -> None:
+    config = Config.from_env(environ={"WORKERS": workers}, env_file=None)
+    assert config.writes_in_flight == 0  # auto, the default
+    assert config.writes_bound() == each
+    explicit = Config.from_env(
+        environ={"WORKERS": workers, "WRITES_IN_FLIGHT": "100"}, env_file=None
+    )
+    assert explicit.writes_bound() == 100  # a number is per process, whatever the workers
+
+
+@pytest.mark.parametrize("value", ["auto", "AUTO", " Auto "])
+def test_writes_in_flight_auto_is_spelled_freely(value: str) -> None:
+    config = Config.from_env(environ={"WRITES_IN_FLIGHT": value}, env_file=None)
+    assert config.writes_in_flight == 0
